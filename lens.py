@@ -1,0 +1,237 @@
+"""
+The Consistency Lens: a decoder that writes an activation A as t_text words, an encoder that reads
+the words back into Â, and the losses that make Â do what A did.
+
+    decoder   [prompt_left | W_d A + b_d | prompt_right] -> t_text tokens, each a hard Gumbel-softmax
+              sample with a straight-through gradient, fed back through a (differentiable) KV cache
+    encoder   [prompt_prefix | the tokens' embeddings | prompt_postfix] -> block K's output at the
+              last position -> Â = W_e h + b_e
+    loss      w_kl KL(P(.|A) || P(.|Â)) at the next token of p   (the frozen LM, A or Â patched at (L, p))
+            + w_lm KL(P_base(.|natural prefix, tokens) || P_dec)   (fluency)
+            - w_entropy H(P_dec)
+            + w_mse |Â - A|^2
+
+Both sides run the frozen LM's own weights (or, after unfreezing, their own trainable copies); the
+frozen LM that defines the KL is never trained and is not a submodule, so DDP, state_dict and the
+optimizer only ever see the lens's trainable parameters.
+"""
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from model import block_output, blocks, check_layer, embed, patched
+
+TAU_FLOOR = 0.1  # below this the Gumbel-softmax gradient becomes too spiky to learn from
+
+
+@dataclass
+class LensConfig:
+    layer: int = 15  # block whose output A is explained and patched
+    encoder_layer: int = 15  # block K whose output at the last position the encoder reads
+    t_text: int = 10  # explanation length in tokens
+    decoder_prompt: str = '<|endoftext|>Short explanation of <embed>:'  # <embed> marks A's slot
+    encoder_prompt: str = '<|endoftext|>Summary of the text: <text>'  # <text> marks where the words go
+    patch_first_k: int = 0  # also overwrite the slot at the input of the first k blocks
+
+    def __post_init__(self):
+        if self.decoder_prompt.count('<embed>') != 1:
+            raise SystemExit(f"decoder_prompt {self.decoder_prompt!r} must contain '<embed>' exactly once: "
+                             f"it marks where the activation goes, e.g. 'Short explanation of <embed>:'")
+        if self.encoder_prompt.count('<text>') != 1:
+            raise SystemExit(f"encoder_prompt {self.encoder_prompt!r} must contain '<text>' exactly once: "
+                             f"it marks where the explanation goes, e.g. 'Summary of the text: <text>'")
+        if self.t_text < 1:
+            raise SystemExit(f"t_text={self.t_text}: an explanation needs at least one token, pass --t_text=10")
+
+
+def kl_div(logits_p, logits_q):
+    """KL(P || Q) per row, in fp32, from logits."""
+    logp, logq = F.log_softmax(logits_p.float(), -1), F.log_softmax(logits_q.float(), -1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+def entropy(logits):
+    logp = F.log_softmax(logits.float(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def fve(recon, acts):
+    """Fraction of variance explained: 1 - sum |Â - A|^2 / sum |A - mean(A)|^2."""
+    return 1 - (recon - acts).pow(2).sum() / (acts - acts.mean(0)).pow(2).sum()
+
+
+def cosine(recon, acts):
+    return F.cosine_similarity(recon.float(), acts.float(), dim=-1)
+
+
+def identity_linear(d):
+    proj = nn.Linear(d, d)
+    with torch.no_grad():
+        proj.weight.copy_(torch.eye(d))
+        proj.bias.zero_()
+    return proj
+
+
+def prompt_parameter(lm, tokenizer, text):
+    """Trainable prompt embeddings initialised from the embeddings of `text`'s tokens."""
+    ids = torch.tensor(tokenizer.encode(text), dtype=torch.long, device=lm.device)
+    return nn.Parameter(embed(lm, ids).detach().clone()) if len(ids) else None
+
+
+def batch_cat(B, *pieces):
+    """Concatenate along the sequence: prompt parameters [n, d] are shared by the batch, tensors [B, n, d]
+    are per sample, None is skipped."""
+    return torch.cat([p[None].expand(B, -1, -1) if p.dim() == 2 else p for p in pieces if p is not None], 1)
+
+
+class WithLM(nn.Module):
+    """A side of the lens that runs the frozen LM, or its own trainable copy once unfrozen."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.__dict__['frozen_lm'] = lm  # a plain attribute: not a submodule, never trained or saved
+        self.lm_copy = None
+
+    @property
+    def lm(self):
+        return self.frozen_lm if self.lm_copy is None else self.lm_copy
+
+    def unfreeze(self):
+        # copy.deepcopy would also copy hooks; the project registers hooks only inside calls, so none are live
+        self.lm_copy = copy.deepcopy(self.frozen_lm).requires_grad_(True)
+
+
+class Decoder(WithLM):
+    def __init__(self, cfg, lm, tokenizer):
+        super().__init__(lm)
+        left, right = cfg.decoder_prompt.split('<embed>')
+        self.t_text, self.patch_first_k = cfg.t_text, cfg.patch_first_k
+        self.prompt_left = prompt_parameter(lm, tokenizer, left)
+        self.prompt_right = prompt_parameter(lm, tokenizer, right)
+        self.slot = 0 if self.prompt_left is None else len(self.prompt_left)
+        self.proj = identity_linear(lm.get_input_embeddings().embedding_dim)
+
+    def forward(self, acts, tau=1.0, mode='gumbel'):
+        """Write t_text tokens for each activation. mode: 'gumbel' (hard Gumbel-softmax, straight-through
+        gradient: training), 'greedy' or 'sample' (inference). Returns (one_hot [B, T, V], logits [B, T, V],
+        ids [B, T]); one_hot carries the gradient into the encoder."""
+        lm = self.lm
+        slot = self.proj(acts)[:, None]
+        prefix = batch_cat(len(acts), self.prompt_left, slot, self.prompt_right)
+        cache = DynamicCache()
+        handles = [block.register_forward_pre_hook(self.slot_writer(slot), with_kwargs=True)
+                   for block in blocks(lm)[:self.patch_first_k]]
+        try:
+            logits = lm(inputs_embeds=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        finally:
+            for handle in handles:
+                handle.remove()
+        one_hots, all_logits = [], []
+        for t in range(self.t_text):
+            all_logits.append(logits)
+            if mode == 'gumbel':
+                one_hot = F.gumbel_softmax(logits.float(), tau=max(tau, TAU_FLOOR), hard=True)
+            else:
+                ids = logits.argmax(-1) if mode == 'greedy' else torch.multinomial(F.softmax(logits.float() / tau, -1), 1)[:, 0]
+                one_hot = F.one_hot(ids, logits.shape[-1]).float()
+            one_hots.append(one_hot)
+            if t < self.t_text - 1:
+                step = embed(lm, one_hot)[:, None]
+                logits = lm(inputs_embeds=step, past_key_values=cache, use_cache=True).logits[:, -1]
+        one_hot = torch.stack(one_hots, 1)
+        return one_hot, torch.stack(all_logits, 1), one_hot.argmax(-1)
+
+    def slot_writer(self, slot):
+        """A block pre-hook that overwrites the slot's hidden state with the projected activation."""
+        def write(module, args, kwargs):
+            hidden = args[0] if args else kwargs['hidden_states']
+            hidden = torch.cat([hidden[:, :self.slot], slot.to(hidden.dtype), hidden[:, self.slot + 1:]], 1)
+            return ((hidden,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, 'hidden_states': hidden})
+        return write
+
+
+class Encoder(WithLM):
+    def __init__(self, cfg, lm, tokenizer):
+        super().__init__(lm)
+        prefix, postfix = cfg.encoder_prompt.split('<text>')
+        self.layer = cfg.encoder_layer
+        self.prompt_prefix = prompt_parameter(lm, tokenizer, prefix)
+        self.prompt_postfix = prompt_parameter(lm, tokenizer, postfix)
+        self.proj = identity_linear(lm.get_input_embeddings().embedding_dim)
+
+    def forward(self, text):
+        """Â from the explanation: `text` is one-hot rows [B, T, V] (gradients flow) or token ids [B, T]."""
+        sequence = batch_cat(len(text), self.prompt_prefix, embed(self.lm, text), self.prompt_postfix)
+        hidden = block_output(self.lm, self.layer, inputs_embeds=sequence)
+        return self.proj(hidden[:, -1])
+
+
+def kl_at_position(lm, layer, tokens, pos, acts, recon):
+    """KL(P(.|A) || P(.|Â)) of the next-token distribution at p, per sample, by the cheap exact path:
+    the logits at p depend only on tokens 0..p, so run 0..p-1 once without grad (left-padded to a common
+    length) for every layer's KV cache, then run position p alone, once with A and once with Â patched
+    at block `layer`. Gradient flows into `recon` through the blocks after `layer` at one position."""
+    B, P = len(tokens), int(pos.max())
+    source = torch.arange(P, device=tokens.device)[None] - (P - pos[:, None])  # left padding: prefix ends at column P-1
+    mask = (source >= 0).long()
+    cache = DynamicCache()
+    if P > 0:
+        with torch.no_grad():
+            lm(input_ids=tokens.gather(1, source.clamp(min=0)), attention_mask=mask, position_ids=source.clamp(min=0),
+               past_key_values=cache, use_cache=True, logits_to_keep=1)
+    step = dict(input_ids=tokens.gather(1, pos[:, None]), position_ids=pos[:, None], past_key_values=cache,
+                attention_mask=torch.cat([mask, mask.new_ones(B, 1)], 1), use_cache=True)
+    at_step = torch.zeros_like(pos)
+    with torch.no_grad(), patched(lm, layer, at_step, acts):
+        logits_a = lm(**step).logits[:, -1]
+    cache.crop(-1)  # drop the A step, keep the prefix
+    with patched(lm, layer, at_step, recon):
+        logits_recon = lm(**step).logits[:, -1]
+    return kl_div(logits_a, logits_recon), logits_a, logits_recon
+
+
+class Lens(nn.Module):
+    def __init__(self, cfg, lm, tokenizer):
+        super().__init__()
+        check_layer(lm, cfg.layer, 'layer')
+        check_layer(lm, cfg.encoder_layer, 'encoder_layer')
+        self.cfg = cfg
+        self.__dict__['lm'], self.tokenizer = lm, tokenizer  # the frozen LM: not a submodule
+        self.decoder = Decoder(cfg, lm, tokenizer)
+        self.encoder = Encoder(cfg, lm, tokenizer)
+        natural = cfg.decoder_prompt.replace('<embed>', 'something')
+        self.natural_prefix = torch.tensor(tokenizer.encode(natural), dtype=torch.long, device=lm.device)
+
+    def unfreeze(self):
+        self.decoder.unfreeze()
+        self.encoder.unfreeze()
+
+    def forward(self, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0,
+                resample=False):
+        """The training losses for a batch. Returns a dict of scalars; 'loss' is the weighted total.
+        resample: patch Â + (A' - Â') with A' another sample of the batch, so the KL measures whether
+        the reconstruction error carried over from another context still preserves A's function."""
+        one_hot, dec_logits, ids = self.decoder(acts, tau)
+        recon = self.encoder(one_hot)
+        patch = recon + (acts.roll(1, 0) - recon.roll(1, 0)) if resample else recon
+        kl, _, _ = kl_at_position(self.lm, self.cfg.layer, tokens, pos, acts, patch)
+        with torch.no_grad():
+            natural = self.natural_prefix[None].expand(len(ids), -1)
+            base_logits = self.lm(input_ids=torch.cat([natural, ids], 1),
+                                  logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
+        fluency = kl_div(base_logits, dec_logits).mean()
+        ent = entropy(dec_logits).mean()
+        mse = (recon.float() - acts.float()).pow(2).mean()
+        loss = w_kl * kl.mean() + w_lm * fluency - w_entropy * ent + w_mse * mse
+        return dict(loss=loss, kl=kl.mean(), lm=fluency, entropy=ent, mse=mse,
+                    fve=fve(recon.detach().float(), acts.float()), cos=cosine(recon.detach(), acts).mean())
+
+    @torch.no_grad()
+    def explain(self, acts, mode='greedy', tau=1.0):
+        """Explanations of activations [B, d] as (list of strings, token ids [B, T], Â [B, d])."""
+        one_hot, _, ids = self.decoder(acts, tau, mode)
+        return [self.tokenizer.decode(row) for row in ids.tolist()], ids, self.encoder(ids)

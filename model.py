@@ -1,0 +1,174 @@
+"""
+The frozen language model: loading, its list of blocks, and the three things the lens does to it:
+read a block's output at per-sample positions, replace it there, and stop a forward after a block.
+
+"Layer L" everywhere in this project means the OUTPUT OF BLOCK L (0-indexed), which is what HF
+returns as hidden_states[L + 1]. hidden_states[0] is the embedding output and hidden_states[-1] has
+the final norm applied, so we never read activations through hidden_states: a forward hook on
+block L gives its output exactly, for every architecture.
+"""
+import contextlib
+import os
+
+import torch
+
+TINY_MODELS = ('tiny-gpt2', 'tiny-llama')
+BLOCK_PATHS = ('transformer.h', 'model.layers', 'model.language_model.layers', 'gpt_neox.layers',
+               'model.decoder.layers')
+
+
+class ByteTokenizer:
+    """The tiny models' tokenizer: one token per UTF-8 byte, plus <|endoftext|> as id 256."""
+    name, vocab_size, eot_id, eot = 'bytes', 257, 256, '<|endoftext|>'
+
+    def encode(self, text):
+        parts = text.split(self.eot)
+        ids = list(parts[0].encode())
+        for part in parts[1:]:
+            ids += [self.eot_id] + list(part.encode())
+        return ids
+
+    def decode(self, ids):
+        return b''.join(self.eot.encode() if i == self.eot_id else bytes([i]) for i in ids).decode(errors='replace')
+
+
+class HFTokenizer:
+    """A Hugging Face tokenizer behind the same four names: encode, decode, eot_id, vocab_size."""
+    def __init__(self, name, tokenizer):
+        self.name, self.tok = name, tokenizer
+        self.vocab_size = len(tokenizer)
+        self.eot_id = tokenizer.get_vocab().get('<|endoftext|>', tokenizer.eos_token_id)
+
+    def encode(self, text):
+        return self.tok(text, add_special_tokens=False)['input_ids']
+
+    def decode(self, ids):
+        return self.tok.decode(ids)
+
+
+def tiny_model(name):
+    """Seeded random-init models of a few hundred thousand parameters, for tests and smoke runs."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if name == 'tiny-gpt2':  # tied embeddings, learned positions
+            config = GPT2Config(vocab_size=257, n_positions=128, n_embd=64, n_layer=4, n_head=4,
+                                bos_token_id=256, eos_token_id=256)
+            return GPT2LMHeadModel(config)
+        config = LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                             tie_word_embeddings=False, bos_token_id=256, eos_token_id=256, pad_token_id=None)
+        return LlamaForCausalLM(config)  # untied embeddings, RoPE, grouped-query attention
+
+
+def load_model(name, device='cpu', trust_remote_code=False):
+    """(model, tokenizer) for a HF hub name, a local HF directory, or 'tiny-gpt2' / 'tiny-llama'.
+    The model comes back in eval mode (a model built from a config starts with dropout on), frozen."""
+    if name in TINY_MODELS:
+        model, tokenizer = tiny_model(name), ByteTokenizer()
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        if name.startswith(('.', '/', '~', 'assets/')) and not os.path.isdir(name):
+            raise SystemExit(f"model directory '{name}' not found: for the embedded default run "
+                             f"`python data/austen/prepare.py`, or pass --model=path/to/hf_dir or a hub name")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32,
+                                                         trust_remote_code=trust_remote_code)
+            tokenizer = HFTokenizer(name, AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code))
+        except OSError as e:
+            raise SystemExit(f"could not load model '{name}': not a local model directory, and the hub said "
+                             f"'{str(e).splitlines()[0]}'. For the embedded default run `python data/austen/prepare.py`; "
+                             f"otherwise pass --model=path/to/hf_dir or a hub name where the hub is reachable")
+    model.to(device).eval().requires_grad_(False)
+    return model, tokenizer
+
+
+def blocks(model):
+    """The list of transformer blocks, for GPT-2, Llama, Qwen2, Gemma, GPT-NeoX and OPT layouts."""
+    for path in BLOCK_PATHS:
+        module = model
+        for attr in path.split('.'):
+            module = getattr(module, attr, None)
+        if isinstance(module, torch.nn.ModuleList):
+            return module
+    raise SystemExit(f"cannot find the transformer blocks of {type(model).__name__}: add its path to BLOCK_PATHS in model.py")
+
+
+def max_context(model):
+    config = model.config.get_text_config()
+    return getattr(config, 'n_positions', None) or config.max_position_embeddings
+
+
+def check_layer(model, layer, what='layer'):
+    n = len(blocks(model))
+    if not 0 <= layer < n:
+        raise SystemExit(f"{what}={layer} is out of range: this model has blocks 0..{n - 1}; pass --{what}=<0..{n - 1}>")
+
+
+def embed(model, one_hot_or_ids):
+    """Input embeddings of token ids, or of (straight-through) one-hot rows, with any scale the
+    model's embedding layer applies (Gemma multiplies by sqrt(d))."""
+    emb = model.get_input_embeddings()
+    if one_hot_or_ids.is_floating_point():
+        out = one_hot_or_ids.to(emb.weight.dtype) @ emb.weight
+        scale = getattr(emb, 'embed_scale', None)
+        return out * scale.to(out.dtype) if scale is not None else out
+    return emb(one_hot_or_ids)
+
+
+def block_tensor(output):
+    """Blocks return a tensor in transformers 5.x and a tuple in older versions."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+class _StopForward(Exception):
+    pass
+
+
+def block_output(model, layer, **inputs):
+    """Output of block `layer`, [B, T, d], running blocks 0..layer only (no later blocks, no LM head).
+    `inputs` are what the base model takes: input_ids or inputs_embeds, attention_mask, position_ids."""
+    captured = []
+
+    def stop(module, args, output):
+        captured.append(block_tensor(output))
+        raise _StopForward
+
+    handle = blocks(model)[layer].register_forward_hook(stop)
+    try:
+        model.base_model(**inputs, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def read_activations(model, layer, tokens, positions):
+    """Block `layer`'s output at positions[b] of sample b: [B, d]. tokens [B, T], positions [B]."""
+    hidden = block_output(model, layer, input_ids=tokens)
+    return hidden[torch.arange(len(tokens), device=hidden.device), positions]
+
+
+@contextlib.contextmanager
+def patched(model, layer, positions, values):
+    """Within the block, block `layer`'s output at positions[b] of sample b is replaced by values[b].
+    The edit is out of place, so gradients flow from the logits back into `values`."""
+    def replace(module, args, output):
+        hidden = block_tensor(output)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        hidden = hidden.index_put((rows, positions), values.to(hidden.dtype))
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+    handle = blocks(model)[layer].register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def autocast(device, dtype):
+    """bf16/fp16 autocast on CUDA; float32 (or any CPU run) computes in full precision."""
+    if dtype == 'float32' or not device.startswith('cuda'):
+        return contextlib.nullcontext()
+    return torch.autocast('cuda', dtype={'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype])

@@ -1,0 +1,34 @@
+"""Shared fixtures: a random token corpus and a way to run the project's scripts. Run: pytest -q tests"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def run_script(*args, env=None, check=True):
+    """Run `python <args>` from the repo root; return the CompletedProcess (stdout + stderr text)."""
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A byte-level 'corpus' of random documents for the tiny models (vocab 257, eot 256)."""
+    folder = tmp_path / 'corpus'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 6000), ('val', 2000)):
+        tokens = rng.integers(0, 256, n).astype(np.uint16)
+        tokens[rng.integers(0, n, n // 200)] = 256
+        tokens.tofile(folder / f'{split}.bin')
+    json.dump(dict(tokenizer='bytes', vocab_size=257, eot_id=256, dtype='uint16'), open(folder / 'meta.json', 'w'))
+    return folder
