@@ -16,6 +16,7 @@ frozen LM that defines the KL is never trained and is not a submodule, so DDP, s
 optimizer only ever see the lens's trainable parameters.
 """
 import copy
+import os
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,13 @@ def fve(recon, acts):
 
 def cosine(recon, acts):
     return F.cosine_similarity(recon.float(), acts.float(), dim=-1)
+
+
+def reconstruction_metrics(recon, acts):
+    """MSE, fraction of variance explained, mean cosine and mean norm ratio |Â| / |A| over a set of samples."""
+    recon, acts = recon.float(), acts.float()
+    return dict(mse=(recon - acts).pow(2).mean().item(), fve=fve(recon, acts).item(),
+                cos=cosine(recon, acts).mean().item(), norm_ratio=(recon.norm(dim=-1) / acts.norm(dim=-1)).mean().item())
 
 
 def identity_linear(d):
@@ -235,3 +243,32 @@ class Lens(nn.Module):
         """Explanations of activations [B, d] as (list of strings, token ids [B, T], Â [B, d])."""
         one_hot, _, ids = self.decoder(acts, tau, mode)
         return [self.tokenizer.decode(row) for row in ids.tolist()], ids, self.encoder(ids)
+
+
+def load_checkpoint(path):
+    if not os.path.exists(path):
+        raise SystemExit(f"checkpoint {path} not found: train one with train.py, or pass --ckpt=path/to/ckpt.pt")
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def load_lens(checkpoint, lm, tokenizer):
+    """The trained lens of a checkpoint (from load_checkpoint) on the frozen LM `lm`."""
+    lens = Lens(LensConfig(**checkpoint['lens_config']), lm, tokenizer)
+    if checkpoint['unfrozen']:
+        lens.unfreeze()
+    lens.load_state_dict(checkpoint['lens'])
+    return lens.to(lm.device)
+
+
+def top_tokens(tokenizer, logits, k=3):
+    probs, ids = F.softmax(logits.float(), -1).topk(k)
+    return [(tokenizer.decode([i]), p) for p, i in zip(probs.tolist(), ids.tolist())]
+
+
+def format_sample(tokenizer, tokens, p, explanation, logits_a, logits_recon, width=24):
+    """A sample as text: the context with the token at p in [[ ]], the explanation, and the top-3 next
+    tokens predicted with A and with Â patched in."""
+    context = tokenizer.decode(tokens[max(0, p - width):p].tolist()) + '[[' + tokenizer.decode([int(tokens[p])]) + ']]'
+    show = lambda logits: ' '.join(f'{t!r} {q:.2f}' for t, q in top_tokens(tokenizer, logits))
+    return (f"  context: {context!r}\n  explanation: {explanation!r}\n"
+            f"  next token with A: {show(logits_a)} | with Â: {show(logits_recon)}")

@@ -47,17 +47,19 @@ class HFTokenizer:
 
 
 def tiny_model(name):
-    """Seeded random-init models of a few hundred thousand parameters, for tests and smoke runs."""
+    """Seeded random-init models of a few hundred thousand parameters, for tests and smoke runs. Weights
+    are drawn 15x wider than HF's default so the predictions are sharp and a lens has something to learn."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if name == 'tiny-gpt2':  # tied embeddings, learned positions
             config = GPT2Config(vocab_size=257, n_positions=128, n_embd=64, n_layer=4, n_head=4,
-                                bos_token_id=256, eos_token_id=256)
+                                initializer_range=0.3, bos_token_id=256, eos_token_id=256)
             return GPT2LMHeadModel(config)
         config = LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                             tie_word_embeddings=False, bos_token_id=256, eos_token_id=256, pad_token_id=None)
+                             tie_word_embeddings=False, initializer_range=0.3, bos_token_id=256,
+                             eos_token_id=256, pad_token_id=None)
         return LlamaForCausalLM(config)  # untied embeddings, RoPE, grouped-query attention
 
 

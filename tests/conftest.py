@@ -20,11 +20,9 @@ def run_script(*args, env=None, check=True):
     return proc
 
 
-@pytest.fixture
-def corpus(tmp_path):
+def make_corpus(folder):
     """A byte-level 'corpus' of random documents for the tiny models (vocab 257, eot 256)."""
-    folder = tmp_path / 'corpus'
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
     for split, n in (('train', 6000), ('val', 2000)):
         tokens = rng.integers(0, 256, n).astype(np.uint16)
@@ -32,3 +30,8 @@ def corpus(tmp_path):
         tokens.tofile(folder / f'{split}.bin')
     json.dump(dict(tokenizer='bytes', vocab_size=257, eot_id=256, dtype='uint16'), open(folder / 'meta.json', 'w'))
     return folder
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return make_corpus(tmp_path / 'corpus')

@@ -1,0 +1,54 @@
+"""configurator.py: overrides, type checks and unknown keys. Run: pytest -q tests/test_configurator.py"""
+import pytest
+
+from configurator import configure
+
+
+def settings():
+    return dict(learning_rate=1e-3, compile=True, run_name='', max_iters=10, wandb_id=None, layer=6)
+
+
+def test_overrides_and_coercions():
+    s = settings()
+    config = configure(s, ['--learning_rate=0', '--compile=false', '--run_name=123', '--max_iters=20', '--wandb_id=None'])
+    assert s['learning_rate'] == 0.0 and isinstance(s['learning_rate'], float)
+    assert s['compile'] is False
+    assert s['run_name'] == '123'
+    assert s['max_iters'] == 20
+    assert s['wandb_id'] is None
+    assert config == s
+    configure(s, ['--compile=True', '--wandb_id=abc', '--run_name=None'])
+    assert s['compile'] is True and s['wandb_id'] == 'abc' and s['run_name'] is None
+
+
+def test_config_file_applies_and_rejects_typos(tmp_path):
+    good = tmp_path / 'good.py'
+    good.write_text("learning_rate = 3e-4\nmax_iters = 5\nmin_pos = 4  # a dump.py key: accepted, ignored here\n")
+    s = settings()
+    configure(s, [str(good), '--max_iters=7'])
+    assert s['learning_rate'] == 3e-4 and s['max_iters'] == 7 and 'min_pos' not in s
+    bad = tmp_path / 'bad.py'
+    bad.write_text("lerning_rate = 3e-4\n")
+    with pytest.raises(SystemExit, match="unknown key 'lerning_rate'.*did you mean 'learning_rate'"):
+        configure(settings(), [str(bad)])
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('--lerning_rate=1', "unknown key 'lerning_rate' in the command line (did you mean 'learning_rate'?)"),
+    ('--max_iters=1.5', "max_iters=1.5 is not a valid int"),
+    ('--compile=maybe', "compile='maybe' is not a valid bool"),
+    ('--learning_rate=fast', "learning_rate='fast' is not a valid float"),
+    ('--layer', "needs a value"),
+    ('nonexistent.py', "config file 'nonexistent.py' not found"),
+])
+def test_errors_name_key_value_and_type(arg, message):
+    with pytest.raises(SystemExit) as error:
+        configure(settings(), [arg])
+    assert message in str(error.value)
+
+
+def test_wrong_type_in_config_file(tmp_path):
+    path = tmp_path / 'c.py'
+    path.write_text("max_iters = 'many'\n")
+    with pytest.raises(SystemExit, match="max_iters='many' is not a valid int"):
+        configure(settings(), [str(path)])

@@ -1,0 +1,141 @@
+"""model.py hooks and dump.py shards on tiny random models. Run: pytest -q tests/test_dump.py"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from dump import Shards
+from model import TINY_MODELS, block_output, load_model, patched, read_activations
+
+LAYER, CTX = 2, 32
+
+
+def dump_args(corpus, out, model='tiny-gpt2', **extra):
+    args = dict(model=model, data_dir=corpus, out_dir=out, layer=LAYER, ctx=CTX, num_train_samples=300,
+                num_val_samples=60, samples_per_shard=64, dump_batch_size=16) | extra
+    return ['dump.py'] + [f'--{k}={v}' for k, v in args.items()]
+
+
+def local_tiny_dir(tmp_path):
+    """tiny-llama saved as a local HF directory with a 257-token word-level tokenizer."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    lm, _ = load_model('tiny-llama')
+    folder = tmp_path / 'tiny-llama-dir'
+    lm.save_pretrained(folder)
+    vocab = {f'<{i}>': i for i in range(256)} | {'<|endoftext|>': 256}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token='<0>')),
+                                        eos_token='<|endoftext|>')
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def test_tiny_models_are_tiny():
+    counts = {name: sum(p.numel() for p in load_model(name)[0].parameters()) for name in TINY_MODELS}
+    assert counts == {'tiny-gpt2': 224_704, 'tiny-llama': 180_928}
+
+
+@pytest.mark.parametrize('name', TINY_MODELS + ('local-dir',))
+def test_dumped_activations_equal_a_fresh_forward(name, corpus, tmp_path):
+    model = local_tiny_dir(tmp_path) if name == 'local-dir' else name
+    out = tmp_path / 'out'
+    run_script(*dump_args(corpus, out, model=model))
+    lm, _ = load_model(model)
+    for split, n in (('train', 300), ('val', 60)):
+        shards = Shards(str(out), split, model=model, layer=LAYER, ctx=CTX)
+        assert len(shards) == n
+        acts, tokens, pos = shards.get(np.arange(n))
+        assert ((pos >= 8) & (pos < CTX)).all()
+        with torch.no_grad():
+            hidden = lm(tokens, output_hidden_states=True).hidden_states[LAYER + 1]
+        fresh = hidden[torch.arange(n), pos]
+        torch.testing.assert_close(acts, fresh.half().float(), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_early_exit_and_patch(name):
+    lm, _ = load_model(name)
+    tokens = torch.randint(0, 256, (3, 20))
+    pos = torch.tensor([4, 11, 19])
+    with torch.no_grad():
+        full = lm(tokens, output_hidden_states=True)
+        assert torch.equal(block_output(lm, LAYER, input_ids=tokens), full.hidden_states[LAYER + 1])
+        values = torch.randn(3, lm.config.hidden_size)
+        captured = []
+        handle = lm.model.layers[LAYER + 1].register_forward_pre_hook(lambda m, a: captured.append(a[0])) \
+            if name == 'tiny-llama' else lm.transformer.h[LAYER + 1].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+        with patched(lm, LAYER, pos, values):
+            logits = lm(tokens).logits
+        handle.remove()
+    rows = torch.arange(3)
+    changed = (captured[0] != full.hidden_states[LAYER + 1]).any(-1)
+    assert changed.tolist() == [[t == p for t in range(20)] for p in pos.tolist()]
+    assert torch.equal(captured[0][rows, pos], values)
+    logits_changed = (logits - full.logits).abs().amax(-1) > 1e-6
+    assert logits_changed.tolist() == [[t >= p for t in range(20)] for p in pos.tolist()]
+    assert torch.equal(read_activations(lm, LAYER, tokens, pos), full.hidden_states[LAYER + 1][rows, pos])
+
+
+def test_interrupted_dump_resumes_to_identical_shards(corpus, tmp_path):
+    whole, broken = tmp_path / 'whole', tmp_path / 'broken'
+    run_script(*dump_args(corpus, whole))
+    args = dump_args(corpus, broken, num_train_samples=3000, samples_per_shard=200, dump_batch_size=2)
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    meta = broken / 'acts' / 'train' / 'meta.json'
+    while proc.poll() is None and not (meta.exists() and json.load(open(meta))['shards']):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(json.load(open(meta))['shards'])
+    assert 0 < done < 15, 'the kill should land mid-dump'
+    run_script(*args)
+    run_script(*dump_args(corpus, whole / 'big', num_train_samples=3000, samples_per_shard=200))
+    a, b = Shards(str(broken), 'train'), Shards(str(whole / 'big'), 'train')
+    assert len(a) == len(b) == 3000
+    for x, y in zip(a.get(np.arange(3000)), b.get(np.arange(3000))):
+        assert torch.equal(x, y)
+    assert not [f for f in os.listdir(broken / 'acts' / 'train') if f.endswith('.tmp') and 'meta' in f]
+
+
+def test_torchrun_two_ranks_split_the_work(corpus, tmp_path):
+    out = tmp_path / 'out'
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           *dump_args(corpus, out, num_train_samples=500)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shards = Shards(str(out), 'train')
+    assert {s['name'].split('_')[0] for s in shards.meta['shards']} == {'0', '1'}
+    acts, tokens, pos = shards.get(np.arange(len(shards)))
+    assert len(shards) == 500
+    windows = {(tuple(t), p) for t, p in zip(tokens.tolist(), pos.tolist())}
+    assert len(windows) == 500
+
+
+def test_user_errors(corpus, tmp_path):
+    out = tmp_path / 'out'
+    cases = [
+        (dict(data_dir=tmp_path / 'nope'), 'no corpus in'),
+        (dict(model='assets/not-there'), "model directory 'assets/not-there' not found"),
+        (dict(layer=4), 'layer=4 is out of range: this model has blocks 0..3'),
+        (dict(ctx=4096), 'longer than the model\'s context of 128'),
+        (dict(num_train_samples=10 ** 6), 'fewer than the 1000000 samples'),
+    ]
+    for change, message in cases:
+        proc = run_script(*dump_args(corpus, out, **change), check=False)
+        assert proc.returncode != 0 and message in proc.stderr, (change, proc.stderr[-500:])
+    run_script(*dump_args(corpus, out))
+    proc = run_script(*dump_args(corpus, out, model='tiny-llama'), check=False)
+    assert "holds a dump made with model='tiny-gpt2'" in proc.stderr
+    shard = out / 'acts' / 'train' / 'acts_0_1.bin'
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(SystemExit, match='acts_0_1.bin is truncated'):
+        Shards(str(out), 'train')
+    with pytest.raises(SystemExit, match="dumped with layer=2, but this run has layer=3"):
+        Shards(str(out), 'val', layer=3)

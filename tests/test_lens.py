@@ -1,0 +1,91 @@
+"""lens.py: the cheap KL path, gradient flow, and learning on a fixed batch. Run: pytest -q tests/test_lens.py"""
+import pytest
+import torch
+
+from lens import Lens, LensConfig, kl_at_position, kl_div
+from model import TINY_MODELS, load_model, patched, read_activations
+
+LAYER = 1
+
+
+def batch(lm, B=6, ctx=24, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 256, (B, ctx), generator=generator)
+    pos = torch.randint(1, ctx, (B,), generator=generator)
+    pos[0] = ctx - 1
+    return read_activations(lm, LAYER, tokens, pos), tokens, pos
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_cheap_kl_equals_the_naive_patched_forward(name):
+    lm, _ = load_model(name)
+    acts, tokens, pos = batch(lm)
+    recon = (acts + 0.5 * torch.randn_like(acts)).requires_grad_(True)
+    kl, _, _ = kl_at_position(lm, LAYER, tokens, pos, acts, recon)
+    grad, = torch.autograd.grad(kl.sum(), recon)
+    rows = torch.arange(len(tokens))
+    with torch.no_grad(), patched(lm, LAYER, pos, acts):
+        reference = lm(tokens).logits[rows, pos]
+    with patched(lm, LAYER, pos, recon):
+        naive = kl_div(reference, lm(tokens).logits[rows, pos])
+    naive_grad, = torch.autograd.grad(naive.sum(), recon)
+    assert naive.min() > 1e-4, 'the perturbation should move the prediction'
+    torch.testing.assert_close(kl, naive, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(grad, naive_grad, rtol=1e-4, atol=1e-5 * naive_grad.abs().max().item())
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_gradients_reach_every_trainable_parameter(name):
+    lm, tokenizer = load_model(name)
+    acts, tokens, pos = batch(lm)
+    config = LensConfig(layer=LAYER, encoder_layer=2, t_text=4, encoder_prompt='Text: <text> means', patch_first_k=2)
+    lens = Lens(config, lm, tokenizer)
+    lens(acts, tokens, pos, w_lm=1.0, w_entropy=0.1, resample=True)['loss'].backward()
+    names = [n for n, p in lens.named_parameters()]
+    assert names == ['decoder.prompt_left', 'decoder.prompt_right', 'decoder.proj.weight', 'decoder.proj.bias',
+                     'encoder.prompt_prefix', 'encoder.prompt_postfix', 'encoder.proj.weight', 'encoder.proj.bias']
+    for n, p in lens.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+    assert not any(p.requires_grad for p in lm.parameters()), 'the frozen LM must stay frozen'
+
+
+def test_training_on_a_fixed_batch_halves_the_kl():
+    torch.manual_seed(0)
+    lm, tokenizer = load_model('tiny-gpt2')
+    acts, tokens, pos = batch(lm, B=8)
+    lens = Lens(LensConfig(layer=LAYER, encoder_layer=LAYER, t_text=4), lm, tokenizer)
+    optimizer = torch.optim.AdamW(lens.parameters(), lr=1e-2, weight_decay=0.0)
+
+    def greedy_kl():
+        _, _, recon = lens.explain(acts)
+        return kl_at_position(lm, LAYER, tokens, pos, acts, recon)[0].mean().item()
+
+    start = greedy_kl()
+    for _ in range(40):
+        lens(acts, tokens, pos, tau=1.0)['loss'].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert greedy_kl() < start / 2
+
+
+def test_unfreeze_gives_each_side_its_own_trainable_copy():
+    lm, tokenizer = load_model('tiny-llama')
+    lens = Lens(LensConfig(layer=LAYER, encoder_layer=LAYER, t_text=2), lm, tokenizer)
+    frozen = sum(p.numel() for p in lens.parameters())
+    lens.unfreeze()
+    total = sum(p.numel() for p in lens.parameters())
+    assert total == frozen + 2 * sum(p.numel() for p in lm.parameters())
+    assert lens.decoder.lm is not lm and lens.encoder.lm is not lens.decoder.lm and lens.lm is lm
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(decoder_prompt='Explain:'), "must contain '<embed>' exactly once"),
+    (dict(encoder_prompt='Summary:'), "must contain '<text>' exactly once"),
+    (dict(t_text=0), 't_text=0: an explanation needs at least one token'),
+    (dict(layer=9), 'layer=9 is out of range: this model has blocks 0..3'),
+    (dict(encoder_layer=-1), 'encoder_layer=-1 is out of range'),
+])
+def test_bad_lens_settings(change, message):
+    lm, tokenizer = load_model('tiny-gpt2')
+    with pytest.raises(SystemExit, match=message.replace('(', r'\(').replace(')', r'\)')):
+        Lens(LensConfig(**dict(layer=1, encoder_layer=1) | change), lm, tokenizer)

@@ -1,0 +1,96 @@
+"""train.py end to end on tiny-gpt2: resume exactness, SIGTERM, DDP, unfreezing, user errors.
+Run: pytest -q tests/test_train.py"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, make_corpus, run_script
+
+SHARED = dict(model='tiny-gpt2', layer=2, encoder_layer=2, ctx=32)
+TRAIN = SHARED | dict(t_text=3, batch_size=4, max_iters=12, eval_interval=6, eval_samples=8, log_interval=2,
+                      ckpt_interval=100, warmup_iters=2, alpha_warmup_iters=4, tau_hold_iters=3, tau_decay_iters=6,
+                      num_print_samples=1)
+
+
+def args(settings):
+    return [f'--{k}={v}' for k, v in settings.items()]
+
+
+@pytest.fixture(scope='module')
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp('train')
+    corpus, out = make_corpus(folder / 'corpus'), folder / 'out'
+    run_script('dump.py', *args(SHARED | dict(data_dir=corpus, out_dir=out, num_train_samples=200, num_val_samples=20)))
+    return out
+
+
+def train(out, run_name, **change):
+    return run_script('train.py', *args(TRAIN | dict(out_dir=out, run_name=run_name) | change))
+
+
+def final_params(out, run_name):
+    return torch.load(os.path.join(out, run_name, 'ckpt.pt'), weights_only=True)['lens']
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run(shards):
+    train(shards, 'whole')
+    command = [sys.executable, 'train.py', *args(TRAIN | dict(out_dir=shards, run_name='cut'))]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    for line in proc.stdout:
+        if line.startswith('iter 4:'):
+            proc.send_signal(signal.SIGTERM)
+            break
+    output = line + proc.stdout.read()
+    assert proc.wait() == 0 and 'stopped by signal at iteration' in output, output[-2000:]
+    stopped_at = torch.load(os.path.join(shards, 'cut', 'ckpt.pt'), weights_only=True)['iter_num']
+    assert 4 <= stopped_at < 12
+    resumed = run_script('train.py', *args(TRAIN | dict(out_dir=shards, init_from='resume'))).stdout
+    assert f'resuming cut from iteration {stopped_at}' in resumed
+    whole, cut = final_params(shards, 'whole'), final_params(shards, 'cut')
+    assert whole.keys() == cut.keys()
+    for key in whole:
+        torch.testing.assert_close(cut[key], whole[key], rtol=0, atol=1e-6)
+    assert any((whole[k] - torch.eye(len(whole[k]))).abs().max() > 1e-4 for k in whole if k.endswith('proj.weight'))
+
+
+def test_two_ranks_train_identical_parameters(shards):
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           'train.py', *args(TRAIN | dict(out_dir=shards, run_name='ddp', max_iters=4))],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '(2 ranks x 1 accumulation x 2)' in proc.stdout
+    assert 'max parameter difference across 2 ranks: 0' in proc.stdout
+
+
+def test_unfreeze_at_trains_the_lm_copies_from_that_iteration(shards):
+    from model import load_model
+    base = load_model('tiny-gpt2')[0].state_dict()
+    log = train(shards, 'unfreeze', max_iters=3, unfreeze_at=3).stdout
+    assert 'iter 3: unfroze' in log
+    at_unfreeze = final_params(shards, 'unfreeze')
+    copies = [k for k in at_unfreeze if '.lm_copy.' in k]
+    assert {k.split('.')[0] for k in copies} == {'decoder', 'encoder'}
+    assert all(torch.equal(at_unfreeze[k], base[k.split('lm_copy.')[1]]) for k in copies)
+    train(shards, 'unfreeze', max_iters=5, unfreeze_at=3, init_from='resume')
+    later = final_params(shards, 'unfreeze')
+    assert any(not torch.equal(later[k], base[k.split('lm_copy.')[1]]) for k in copies)
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(batch_size=5, gradient_accumulation_steps=2), 'batch_size=5 does not divide across 1 ranks x 2'),
+    (dict(decoder_prompt='Explain this:'), "must contain '<embed>' exactly once"),
+    (dict(t_text=0), 't_text=0'),
+    (dict(encoder_layer=7), 'encoder_layer=7 is out of range'),
+    (dict(layer=1), 'dumped with layer=2, but this run has layer=1'),
+    (dict(model='tiny-llama'), "dumped with model='tiny-gpt2', but this run has model='tiny-llama'"),
+    (dict(init_from='resume', run_name='never-trained'), "init_from='resume' but there is no checkpoint"),
+])
+def test_user_errors(shards, change, message):
+    proc = run_script('train.py', *args(TRAIN | dict(out_dir=shards, run_name='bad') | change), check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-1000:]

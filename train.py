@@ -1,0 +1,356 @@
+"""
+Train a Consistency Lens on activation shards written by dump.py. Runs on one CPU or GPU, or under
+torchrun with DDP:
+
+    $ python train.py config/austen_smollm2.py
+    $ python train.py config/gpt2_frozen.py --batch_size=32 --compile=False
+    $ torchrun --standalone --nproc_per_node=8 train.py config/gpt2_frozen.py
+
+The batch stream, Gumbel noise and schedules are pure functions of (seed, rank, iteration), so a run
+resumed with init_from='resume' continues exactly as if it had never stopped.
+"""
+import math
+import os
+import signal
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configurator import configure
+from dump import Shards
+from lens import Lens, LensConfig, fve, format_sample, kl_at_position, load_checkpoint
+from model import autocast, load_model
+
+# -----------------------------------------------------------------------------
+# data and model (shared with dump.py and eval.py)
+model = 'assets/smollm2-135m'
+data_dir = 'data/austen'
+out_dir = 'out/austen'  # reads <out_dir>/acts, writes <out_dir>/<run_name>/{ckpt,best}.pt
+layer = 15
+ctx = 64
+seed = 1337
+device = 'cpu'
+dtype = 'float32'  # autocast dtype on CUDA: bfloat16 is the fast choice
+trust_remote_code = False
+# run
+init_from = 'scratch'  # 'scratch' or 'resume' (the run named run_name, else the newest run in out_dir)
+run_name = ''  # '' names it {dataset}_{model}_L{layer}_t{t_text}_lr{lr}_{timestamp}
+max_iters = 400
+batch_size = 8  # samples per optimizer step, over all ranks and accumulation steps
+gradient_accumulation_steps = 1
+compile = False
+# lens
+encoder_layer = 15  # block the encoder reads; the original uses the same depth as layer
+t_text = 8
+decoder_prompt = '<|endoftext|>Short explanation of <embed>:'
+encoder_prompt = '<|endoftext|>Summary of the text: <text>'
+patch_first_k = 0
+# loss weights and their schedules, in iterations
+w_kl = 1.0
+w_lm = 1.0  # fluency weight, times alpha
+alpha_warmup_iters = 100  # alpha rises linearly from 0 to 1 so fluency arrives after the KL signal
+w_entropy = 0.0  # entropy bonus, linearly decayed to 0 over entropy_decay_iters (0: constant)
+entropy_decay_iters = 0
+w_mse = 0.0
+resample_ablation = False  # patch Â + (A' - Â') with A' another sample of the batch
+tau_start = 1.0  # Gumbel-softmax temperature: held for tau_hold_iters, then decays to tau_end
+tau_end = 0.1
+tau_hold_iters = 100
+tau_decay_iters = 300
+tau_decay = 'linear'  # 'linear' or 'cosine'
+# optimizer
+learning_rate = 1e-3
+lr_schedule = 'cosine'  # 'cosine', 'linear' (both to min_lr) or 'constant', after warmup
+warmup_iters = 20
+min_lr = 1e-5
+beta1 = 0.9
+beta2 = 0.999
+weight_decay = 0.01  # only on the unfrozen LM copies: decaying the identity-initialised maps would pull them to 0
+grad_clip = 1.0
+unfreeze_at = -1  # from this iteration the decoder and encoder train their own copies of the LM (-1: never)
+lm_lr_mult = 0.1  # learning rate of the LM copies relative to learning_rate
+# eval, logging, checkpoints
+eval_interval = 50
+eval_samples = 200  # val samples in the periodic eval (the first ones of the val split)
+num_print_samples = 3
+log_interval = 10
+ckpt_interval = 100
+wandb_log = False
+wandb_project = 'consistency-lens'
+wandb_mode = 'online'  # or 'offline': logs to ./wandb, `wandb sync` later
+# -----------------------------------------------------------------------------
+config = configure(globals())
+
+# distributed setup: the same script runs under python or torchrun
+ddp = int(os.environ.get('RANK', -1)) != -1
+rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
+if ddp:
+    torch.distributed.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
+    if device == 'cuda':
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+master = rank == 0
+if batch_size % (world * gradient_accumulation_steps):
+    raise SystemExit(f"batch_size={batch_size} does not divide across {world} ranks x {gradient_accumulation_steps} "
+                     f"accumulation steps: make it a multiple of {world * gradient_accumulation_steps}")
+micro_batch = batch_size // (world * gradient_accumulation_steps)
+if device.startswith('cuda'):
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+def reseed(*keys):
+    torch.manual_seed(int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0]))
+
+
+def print0(*args):
+    if master:
+        print(*args, flush=True)
+
+
+# data: check the shards before loading anything heavy
+train_data = Shards(out_dir, 'train', model=model, layer=layer, ctx=ctx)
+val_data = Shards(out_dir, 'val', model=model, layer=layer, ctx=ctx)
+if eval_samples > len(val_data):
+    raise SystemExit(f"eval_samples={eval_samples} but the val split has {len(val_data)}: lower --eval_samples")
+
+# the run folder and its checkpoint
+if init_from == 'resume':
+    if not run_name:
+        runs = [d for d in os.listdir(out_dir) if os.path.exists(os.path.join(out_dir, d, 'ckpt.pt'))]
+        run_name = max(runs, key=lambda d: os.path.getmtime(os.path.join(out_dir, d, 'ckpt.pt')), default='')
+    ckpt_path = os.path.join(out_dir, run_name, 'ckpt.pt')
+    if not run_name or not os.path.exists(ckpt_path):
+        raise SystemExit(f"init_from='resume' but there is no checkpoint {ckpt_path if run_name else 'in ' + out_dir}: "
+                         f"train with init_from='scratch' first, or pass --run_name of a run in {out_dir}")
+    checkpoint = load_checkpoint(ckpt_path)
+elif init_from == 'scratch':
+    run_name = run_name or (f"{os.path.basename(os.path.normpath(data_dir))}_{os.path.basename(model)}_L{layer}_t{t_text}"
+                            f"_lr{learning_rate:g}_{time.strftime('%m%d_%H%M%S')}")
+    checkpoint = None
+else:
+    raise SystemExit(f"init_from={init_from!r}: use 'scratch' or 'resume'")
+run_dir = os.path.join(out_dir, run_name)
+if master:
+    os.makedirs(run_dir, exist_ok=True)
+
+# the frozen LM and the lens
+lm, tokenizer = load_model(model, device, trust_remote_code)
+lens_config = LensConfig(layer=layer, encoder_layer=encoder_layer, t_text=t_text, decoder_prompt=decoder_prompt,
+                         encoder_prompt=encoder_prompt, patch_first_k=patch_first_k)
+lens = Lens(lens_config, lm, tokenizer).to(device)
+if checkpoint and checkpoint['unfrozen']:
+    lens.unfreeze()
+
+
+def make_optimizer():
+    """AdamW with a group for the lens's own maps and prompts and, once unfrozen, one for the LM copies."""
+    groups = [dict(params=[p for n, p in lens.named_parameters() if '.lm_copy.' not in n], lr_mult=1.0, weight_decay=0.0)]
+    copies = [p for n, p in lens.named_parameters() if '.lm_copy.' in n]
+    if copies:
+        groups.append(dict(params=copies, lr_mult=lm_lr_mult, weight_decay=weight_decay))
+    fused = device.startswith('cuda')
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=fused)
+
+
+optimizer = make_optimizer()
+iter_num, best_val_kl, wandb_id = 0, float('inf'), None
+if checkpoint:
+    lens.load_state_dict(checkpoint['lens'])
+    optimizer.load_state_dict(checkpoint['optimizer'])
+    iter_num, best_val_kl, wandb_id = checkpoint['iter_num'], checkpoint['best_val_kl'], checkpoint['wandb_id']
+    print0(f"resuming {run_name} from iteration {iter_num}")
+raw_lens = lens
+
+
+def wrap(module):
+    """compile, then DDP over the trainable lens only; redone when unfreezing adds parameters."""
+    module = torch.compile(module) if compile else module
+    return DDP(module, device_ids=[torch.device(device).index] if device.startswith('cuda') else None) if ddp else module
+
+
+lens = wrap(raw_lens)
+
+
+# schedules, all functions of the iteration
+def get_lr(it):
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
+    if lr_schedule == 'constant':
+        return learning_rate
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if lr_schedule == 'cosine' else 1 - progress
+    return min_lr + decay * (learning_rate - min_lr)
+
+
+def get_tau(it):
+    progress = min(1.0, max(0.0, (it - tau_hold_iters) / max(1, tau_decay_iters)))
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if tau_decay == 'cosine' else 1 - progress
+    return tau_end + decay * (tau_start - tau_end)
+
+
+def get_alpha(it):
+    return min(1.0, it / alpha_warmup_iters) if alpha_warmup_iters > 0 else 1.0
+
+
+def get_w_entropy(it):
+    return w_entropy * max(0.0, 1 - it / entropy_decay_iters) if entropy_decay_iters > 0 else w_entropy
+
+
+# data: the global stream is one seeded permutation of the train split per epoch; optimizer step `it`
+# takes samples [it * batch_size, (it + 1) * batch_size) of it, split over micro-steps and ranks
+permutations = {}
+
+
+def get_batch(it, micro_step):
+    start = it * batch_size + (micro_step * world + rank) * micro_batch
+    stream = np.arange(start, start + micro_batch)
+    epochs, offsets = np.divmod(stream, len(train_data))
+    for epoch in set(epochs.tolist()) - set(permutations):
+        permutations.clear()
+        permutations[epoch] = np.random.default_rng([seed, epoch]).permutation(len(train_data))
+    index = np.array([permutations[e][o] for e, o in zip(epochs, offsets)])
+    return [t.to(device, non_blocking=True) for t in train_data.get(index)]
+
+
+@torch.no_grad()
+def evaluate():
+    """Val KL, MSE and FVE of greedy explanations on the first eval_samples val samples; each rank
+    takes a slice and the sums are all-reduced. Returns (metrics, printed samples)."""
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # n, kl, sse, sum |a|^2, mean-ablation kl
+    act_sum = torch.zeros(val_data.d_model, dtype=torch.float64, device=device)
+    samples = []
+    mine = np.arange(rank, eval_samples, world)
+    for i in range(0, len(mine), micro_batch):
+        acts, tokens, pos = (t.to(device) for t in val_data.get(mine[i:i + micro_batch]))
+        with autocast(device, dtype):
+            explanations, ids, recon = raw_lens.explain(acts)
+            kl, logits_a, logits_recon = kl_at_position(lm, layer, tokens, pos, acts, recon)
+            mean_kl, _, _ = kl_at_position(lm, layer, tokens, pos, acts, train_mean.expand_as(acts))
+        recon = recon.float()
+        sums += torch.stack([torch.tensor(len(acts)), kl.sum().cpu(), (recon - acts).pow(2).sum().cpu(),
+                             acts.pow(2).sum().cpu(), mean_kl.sum().cpu()]).to(sums)
+        act_sum += acts.sum(0).double()
+        samples += [format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b], logits_a[b], logits_recon[b])
+                    for b in range(min(len(acts), num_print_samples - len(samples)))]
+    if ddp:
+        torch.distributed.all_reduce(sums)
+        torch.distributed.all_reduce(act_sum)
+    n, kl, sse, sq, mean_kl = sums.tolist()
+    sst = sq - act_sum.pow(2).sum().item() / n
+    return dict(kl=kl / n, mse=sse / (n * val_data.d_model), fve=1 - sse / sst, kl_mean_ablation=mean_kl / n), samples
+
+
+def save(path):
+    torch.save(dict(lens=raw_lens.state_dict(), optimizer=optimizer.state_dict(), iter_num=iter_num,
+                    best_val_kl=best_val_kl, config=config, lens_config=asdict(lens_config),
+                    unfrozen=raw_lens.decoder.lm_copy is not None, wandb_id=wandb_id), path + '.tmp')
+    os.replace(path + '.tmp', path)
+
+
+train_mean = train_data.mean(8192).to(device)  # for the mean-ablation KL, the scale of the val KL
+
+if wandb_log and master:
+    import wandb
+    run = wandb.init(project=wandb_project, name=run_name, config=config, mode=wandb_mode, id=wandb_id, resume='allow')
+    wandb_id = run.id
+
+stop_requested = False
+
+
+def request_stop(signum, frame):
+    global stop_requested
+    stop_requested = True
+
+
+signal.signal(signal.SIGTERM, request_stop)
+signal.signal(signal.SIGINT, request_stop)
+
+print0(f"run {run_name}: {len(train_data)} train / {len(val_data)} val samples, batch {batch_size} "
+       f"({world} ranks x {gradient_accumulation_steps} accumulation x {micro_batch}), "
+       f"{sum(p.numel() for p in raw_lens.parameters() if p.requires_grad):,} trainable parameters")
+t0, step_times = time.time(), []
+while True:
+    last_step = iter_num == max_iters
+    if iter_num == unfreeze_at and raw_lens.decoder.lm_copy is None:
+        raw_lens.unfreeze()
+        optimizer.add_param_group(dict(params=[p for n, p in raw_lens.named_parameters() if '.lm_copy.' in n],
+                                       lr_mult=lm_lr_mult, weight_decay=weight_decay))
+        lens = wrap(raw_lens)
+        print0(f"iter {iter_num}: unfroze the decoder's and encoder's copies of the LM (lr x {lm_lr_mult})")
+
+    if iter_num % eval_interval == 0 or last_step:
+        metrics, samples = evaluate()
+        print0(f"eval iter {iter_num}: val KL {metrics['kl']:.4f} (mean ablation {metrics['kl_mean_ablation']:.4f}) "
+               f"MSE {metrics['mse']:.4f} FVE {metrics['fve']:.4f}")
+        for sample in samples:
+            print0(sample)
+        if wandb_log and master:
+            wandb.log({f'val/{k}': v for k, v in metrics.items()} | {
+                'val/samples': wandb.Table(columns=['sample'], data=[[s] for s in samples])}, step=iter_num)
+        if metrics['kl'] < best_val_kl and iter_num > 0:
+            best_val_kl = metrics['kl']
+            if master:
+                save(os.path.join(run_dir, 'best.pt'))
+    if master and (last_step or iter_num > 0 and iter_num % ckpt_interval == 0):
+        save(os.path.join(run_dir, 'ckpt.pt'))
+    if last_step:
+        break
+
+    lr, tau, alpha, w_ent = get_lr(iter_num), get_tau(iter_num), get_alpha(iter_num), get_w_entropy(iter_num)
+    for group in optimizer.param_groups:
+        group['lr'] = lr * group['lr_mult']
+    reseed(rank, iter_num)
+    t_step = time.time()
+    parts = {}
+    for micro_step in range(gradient_accumulation_steps):
+        acts, tokens, pos = get_batch(iter_num, micro_step)
+        if ddp:
+            lens.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
+        with autocast(device, dtype):
+            out = lens(acts, tokens, pos, tau=tau, w_kl=w_kl, w_lm=alpha * w_lm, w_entropy=w_ent, w_mse=w_mse,
+                       resample=resample_ablation)
+        (out['loss'] / gradient_accumulation_steps).backward()
+        parts = {k: parts.get(k, 0) + v.detach() / gradient_accumulation_steps for k, v in out.items()}
+    flags = torch.tensor([float(not torch.isfinite(parts['loss'])), float(stop_requested)], device=device)
+    if ddp:
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    if flags[0]:
+        print0(f"iter {iter_num}: non-finite loss, update skipped")
+    else:
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(raw_lens.parameters(), grad_clip)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    iter_num += 1
+    step_times.append(time.time() - t_step)
+
+    if iter_num % log_interval == 0:
+        parts = {k: v.item() for k, v in parts.items()}
+        step_time = np.mean(step_times[-log_interval:])
+        print0(f"iter {iter_num}: loss {parts['loss']:.4f} kl {parts['kl']:.4f} lm {parts['lm']:.4f} "
+               f"ent {parts['entropy']:.3f} fve {parts['fve']:.3f} | tau {tau:.3f} alpha {alpha:.2f} lr {lr:.2e} | "
+               f"{batch_size / step_time:.1f} samples/s, {step_time * 1000:.0f} ms/iter, "
+               f"ETA {(max_iters - iter_num) * step_time / 60:.1f} min")
+        if wandb_log and master:
+            wandb.log({f'train/{k}': v for k, v in parts.items()} | dict(tau=tau, alpha=alpha, lr=lr,
+                      samples_per_s=batch_size / step_time), step=iter_num)
+    if flags[1]:
+        if master:
+            save(os.path.join(run_dir, 'ckpt.pt'))
+        print0(f"stopped by signal at iteration {iter_num}: checkpoint saved, resume with "
+               f"--init_from=resume --run_name={run_name}")
+        break
+
+print0(f"done: {run_name}, best val KL {best_val_kl:.4f}, checkpoints in {run_dir} ({time.time() - t0:.0f}s)")
+if ddp:  # a lens whose ranks drifted apart would be a silent bug: check they still agree
+    params = torch.cat([p.detach().flatten() for p in raw_lens.parameters()])
+    reference = params.clone()
+    torch.distributed.broadcast(reference, 0)
+    drift = (params - reference).abs().max()
+    torch.distributed.all_reduce(drift, op=torch.distributed.ReduceOp.MAX)
+    print0(f"max parameter difference across {world} ranks: {drift.item():.3g}")
+    torch.distributed.destroy_process_group()
