@@ -178,13 +178,13 @@ class Encoder(WithLM):
         return self.proj(hidden[:, -1])
 
 
-def kl_at_position(lm, layer, tokens, pos, acts, recon):
-    """KL(P(.|A) || P(.|Â)) of the next-token distribution at p, per sample, by the cheap exact path:
-    the logits at p depend only on tokens 0..p, so run 0..p-1 once without grad (left-padded to a common
-    length) for every layer's KV cache, then run position p alone, once with A and once with Â patched
-    at block `layer`. Gradient flows into `recon` through the blocks after `layer` at one position."""
+def next_token_logits(lm, layer, tokens, pos, *patches):
+    """The logits at p with block `layer`'s output at p replaced by each of `patches` ([B, d] each), by the
+    cheap exact path: the logits at p depend only on tokens 0..p, so run 0..p-1 once without grad
+    (left-padded to a common length) for every layer's KV cache, then run position p alone once per patch.
+    Gradient flows into a patch through the blocks after `layer` at one position."""
     B, P = len(tokens), int(pos.max())
-    source = torch.arange(P, device=tokens.device)[None] - (P - pos[:, None])  # left padding: prefix ends at column P-1
+    source = torch.arange(P, device=tokens.device)[None] - (P - pos[:, None])  # prefix ends at column P-1
     mask = (source >= 0).long()
     cache = DynamicCache()
     if P > 0:
@@ -193,12 +193,17 @@ def kl_at_position(lm, layer, tokens, pos, acts, recon):
                past_key_values=cache, use_cache=True, logits_to_keep=1)
     step = dict(input_ids=tokens.gather(1, pos[:, None]), position_ids=pos[:, None], past_key_values=cache,
                 attention_mask=torch.cat([mask, mask.new_ones(B, 1)], 1), use_cache=True)
-    at_step = torch.zeros_like(pos)
-    with torch.no_grad(), patched(lm, layer, at_step, acts):
-        logits_a = lm(**step).logits[:, -1]
-    cache.crop(-1)  # drop the A step, keep the prefix
-    with patched(lm, layer, at_step, recon):
-        logits_recon = lm(**step).logits[:, -1]
+    logits = []
+    for patch in patches:
+        with patched(lm, layer, torch.zeros_like(pos), patch):
+            logits.append(lm(**step).logits[:, -1])
+        cache.crop(-1)  # drop this step's keys and values: the next patch sees only the prefix
+    return logits
+
+
+def kl_at_position(lm, layer, tokens, pos, acts, recon):
+    """KL(P(.|A) || P(.|Â)) of the next-token distribution at p, per sample, and the two logits."""
+    logits_a, logits_recon = next_token_logits(lm, layer, tokens, pos, acts.detach(), recon)
     return kl_div(logits_a, logits_recon), logits_a, logits_recon
 
 

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
 from dump import Shards
-from lens import Lens, LensConfig, fve, format_sample, kl_at_position, load_checkpoint
+from lens import Lens, LensConfig, format_sample, kl_div, load_checkpoint, next_token_logits, reconstruction_metrics
 from model import autocast, load_model
 
 # -----------------------------------------------------------------------------
@@ -218,30 +218,25 @@ def get_batch(it, micro_step):
 
 @torch.no_grad()
 def evaluate():
-    """Val KL, MSE and FVE of greedy explanations on the first eval_samples val samples; each rank
-    takes a slice and the sums are all-reduced. Returns (metrics, printed samples)."""
-    sums = torch.zeros(5, dtype=torch.float64, device=device)  # n, kl, sse, sum |a|^2, mean-ablation kl
-    act_sum = torch.zeros(val_data.d_model, dtype=torch.float64, device=device)
-    samples = []
+    """Val KL (with the mean-ablation KL beside it, for scale), MSE and FVE of greedy explanations on the
+    first eval_samples val samples. Each rank takes a slice; the results are gathered on every rank."""
+    results, samples = [], []
     mine = np.arange(rank, eval_samples, world)
     for i in range(0, len(mine), micro_batch):
         acts, tokens, pos = (t.to(device) for t in val_data.get(mine[i:i + micro_batch]))
         with autocast(device, dtype):
             explanations, ids, recon = raw_lens.explain(acts)
-            kl, logits_a, logits_recon = kl_at_position(lm, layer, tokens, pos, acts, recon)
-            mean_kl, _, _ = kl_at_position(lm, layer, tokens, pos, acts, train_mean.expand_as(acts))
-        recon = recon.float()
-        sums += torch.stack([torch.tensor(len(acts)), kl.sum().cpu(), (recon - acts).pow(2).sum().cpu(),
-                             acts.pow(2).sum().cpu(), mean_kl.sum().cpu()]).to(sums)
-        act_sum += acts.sum(0).double()
+            logits_a, logits_recon, logits_mean = next_token_logits(lm, layer, tokens, pos, acts, recon,
+                                                                    train_mean.expand_as(acts))
+        results.append([t.float().cpu() for t in (kl_div(logits_a, logits_recon), kl_div(logits_a, logits_mean), recon, acts)])
         samples += [format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b], logits_a[b], logits_recon[b])
                     for b in range(min(len(acts), num_print_samples - len(samples)))]
     if ddp:
-        torch.distributed.all_reduce(sums)
-        torch.distributed.all_reduce(act_sum)
-    n, kl, sse, sq, mean_kl = sums.tolist()
-    sst = sq - act_sum.pow(2).sum().item() / n
-    return dict(kl=kl / n, mse=sse / (n * val_data.d_model), fve=1 - sse / sst, kl_mean_ablation=mean_kl / n), samples
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, results)
+        results = [r for rank_results in gathered for r in rank_results]
+    kl, kl_mean, recon, acts = (torch.cat(column) for column in zip(*results))
+    return dict(kl=kl.mean().item(), kl_mean_ablation=kl_mean.mean().item(), **reconstruction_metrics(recon, acts)), samples
 
 
 def save(path):
