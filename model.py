@@ -70,6 +70,8 @@ def load_model(name, device='cpu', trust_remote_code=False):
         model, tokenizer = tiny_model(name), ByteTokenizer()
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging
+        logging.disable_progress_bar()  # one bar per load fills the logs of every script and rank
         if name.startswith(('.', '/', '~', 'assets/')) and not os.path.isdir(name):
             raise SystemExit(f"model directory '{name}' not found: for the embedded default run "
                              f"`python data/austen/prepare.py`, or pass --model=path/to/hf_dir or a hub name")

@@ -74,7 +74,7 @@ unfreeze_at = -1  # from this iteration the decoder and encoder train their own 
 lm_lr_mult = 0.1  # learning rate of the LM copies relative to learning_rate
 # eval, logging, checkpoints
 eval_interval = 50
-eval_samples = 200  # val samples in the periodic eval (the first ones of the val split)
+periodic_eval_samples = 200  # val samples in the periodic eval (the first ones of the val split)
 num_print_samples = 3
 log_interval = 10
 ckpt_interval = 100
@@ -114,8 +114,8 @@ def print0(*args):
 # data: check the shards before loading anything heavy
 train_data = Shards(out_dir, 'train', model=model, layer=layer, ctx=ctx)
 val_data = Shards(out_dir, 'val', model=model, layer=layer, ctx=ctx)
-if eval_samples > len(val_data):
-    raise SystemExit(f"eval_samples={eval_samples} but the val split has {len(val_data)}: lower --eval_samples")
+if periodic_eval_samples > len(val_data):
+    raise SystemExit(f"periodic_eval_samples={periodic_eval_samples} but the val split has {len(val_data)}: lower --periodic_eval_samples")
 
 # the run folder and its checkpoint
 if init_from == 'resume':
@@ -219,9 +219,9 @@ def get_batch(it, micro_step):
 @torch.no_grad()
 def evaluate():
     """Val KL (with the mean-ablation KL beside it, for scale), MSE and FVE of greedy explanations on the
-    first eval_samples val samples. Each rank takes a slice; the results are gathered on every rank."""
+    first periodic_eval_samples val samples. Each rank takes a slice; the results are gathered on every rank."""
     results, samples = [], []
-    mine = np.arange(rank, eval_samples, world)
+    mine = np.arange(rank, periodic_eval_samples, world)
     for i in range(0, len(mine), micro_batch):
         acts, tokens, pos = (t.to(device) for t in val_data.get(mine[i:i + micro_batch]))
         with autocast(device, dtype):

@@ -23,6 +23,6 @@ alpha_warmup_iters = 100  # fluency ramps in over the first quarter
 tau_hold_iters = 100  # Gumbel temperature 1.0, then linear to 0.1 by the end
 tau_decay_iters = 300
 eval_interval = 100
-eval_samples = 96
+periodic_eval_samples = 96  # val samples in train.py's periodic eval; eval.py measures eval_samples
 log_interval = 10
 ckpt_interval = 100

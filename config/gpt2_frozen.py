@@ -36,7 +36,8 @@ tau_hold_iters = 625  # the original holds tau for 625 optimizer steps, then dec
 tau_decay_iters = 9_375
 w_entropy = 0.0
 eval_interval = 500
-eval_samples = 2_000
+periodic_eval_samples = 500
+eval_samples = 2_000  # eval.py's held-out measurement
 log_interval = 10
 ckpt_interval = 1_000
 wandb_log = False  # True logs scalars and a samples table; wandb_mode='offline' needs no network

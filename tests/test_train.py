@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, make_corpus, run_script
 
 SHARED = dict(model='tiny-gpt2', layer=2, encoder_layer=2, ctx=32)
-TRAIN = SHARED | dict(t_text=3, batch_size=4, max_iters=12, eval_interval=6, eval_samples=8, log_interval=2,
+TRAIN = SHARED | dict(t_text=3, batch_size=4, max_iters=12, eval_interval=6, periodic_eval_samples=8, log_interval=2,
                       ckpt_interval=100, warmup_iters=2, alpha_warmup_iters=4, tau_hold_iters=3, tau_decay_iters=6,
                       num_print_samples=1)
 
