@@ -1,0 +1,344 @@
+"""
+Measure a trained Consistency Lens on the held-out activation shards (DESIGN.md section 6), or explain
+every token of a text. Prints a table, writes results.json and a self-contained HTML report next to
+the checkpoint.
+
+    $ python eval.py config/austen_smollm2.py                      # the newest run in out_dir
+    $ python eval.py config/austen_smollm2.py --run_name=NAME --best_of_k=8
+    $ python eval.py config/austen_smollm2.py --text="It is a truth universally acknowledged"
+    $ python eval.py config/austen_smollm2.py --text_file=letter.txt --positions=3,5
+
+Every baseline goes through the same patch at (layer, p) as the lens's Â, and sample i of the n
+measured is paired with sample i+1 (mod n) wherever a baseline needs "another sample":
+  zero, mean        the zero vector; the mean activation of the train split
+  resample          the paired sample's activation A'
+  text_prev_tokens  the encoder reading the t_text real tokens ending at p (fewer when p + 1 < t_text)
+  text_shuffled     the encoder reading the paired sample's greedy explanation (the encoder is
+                    deterministic, so this is the paired sample's Â)
+  text_empty        the encoder reading an empty explanation: its prompt alone
+KL recovered vs a baseline = 1 - KL_lens / KL_baseline, over the means.
+Fluency: the frozen LM's per-token NLL of the explanations and of real text under the same conditions:
+both follow the natural prefix (the decoder prompt with <embed> -> 'something'), and the real text is
+the same t_text tokens ending at p that the text_prev_tokens baseline reads. Real text given its own
+preceding context would be judged with more context than an explanation ever gets, so it would win
+for that reason alone.
+Best-of-K samples K explanations per activation (temperature 1) and keeps the lowest-KL one. It is an
+oracle choice, since it needs A's own output: it shows how much better the decoder can write, not a
+lens anyone can run without A.
+"""
+import html
+import json
+import os
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from configurator import configure
+from dump import Shards
+from lens import format_sample, kl_at_position, load_checkpoint, load_lens, reconstruction_metrics, top_tokens
+from model import autocast, load_model, max_context, read_activations
+
+# -----------------------------------------------------------------------------
+# shared with dump.py and train.py
+model = 'assets/smollm2-135m'
+data_dir = 'data/austen'
+out_dir = 'out/austen'  # reads <out_dir>/acts and <out_dir>/<run_name>/{best,ckpt}.pt, writes the results beside them
+layer = 15
+ctx = 64
+seed = 1337
+device = 'cpu'
+dtype = 'float32'
+trust_remote_code = False
+run_name = ''  # '' picks the run in out_dir saved most recently
+eval_samples = 500  # the first val samples (random windows already); a config's value also sizes train.py's eval
+num_print_samples = 3  # samples printed to the console
+# eval
+ckpt = ''  # a checkpoint path; '' means best.pt (else ckpt.pt) of run_name
+eval_batch_size = 32
+best_of_k = 4  # sampled explanations per activation; the curve reports K = 1, 2, 4, ... best_of_k
+report_samples = 40  # samples shown in report.html
+text = None  # explain every token of this text instead of measuring the val shards
+text_file = None  # ... or of this file's text
+positions = None  # only these token positions of the text, e.g. --positions=3,5
+# -----------------------------------------------------------------------------
+
+
+def find_checkpoint():
+    """--ckpt, else best.pt (or ckpt.pt) of run_name, else of the run in out_dir saved most recently."""
+    if ckpt:
+        return ckpt
+    runs = [run_name] if run_name else sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    found = [[p for p in (os.path.join(out_dir, r, 'best.pt'), os.path.join(out_dir, r, 'ckpt.pt')) if os.path.exists(p)]
+             for r in runs]
+    found = [files for files in found if files]
+    if not found:
+        where = os.path.join(out_dir, run_name) if run_name else out_dir
+        raise SystemExit(f"no checkpoint (best.pt or ckpt.pt) in {where}: train one with `python train.py <config>`, "
+                         f"or pass --ckpt=path/to/best.pt")
+    return max(found, key=lambda files: max(map(os.path.getmtime, files)))[0]
+
+
+def nll(lm, prefix, ids):
+    """Per-row mean NLL (nats/token) of token rows ids [B, T] under `lm`, each following the token row `prefix`."""
+    logits = lm(input_ids=torch.cat([prefix[None].expand(len(ids), -1), ids], 1), logits_to_keep=ids.shape[1] + 1).logits
+    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids, reduction='none').mean(1)
+
+
+def distinct_ratio(ids):
+    """Distinct tokens / tokens of each row, averaged: 1 when no explanation repeats a token."""
+    return float(np.mean([len(set(row)) / len(row) for row in ids.tolist()]))
+
+
+def kl_recovered(kl_lens, kl_baseline):
+    """1 - KL_lens / KL_baseline: 1 when the lens preserves A's prediction, 0 when it does no better than the baseline."""
+    return 1 - kl_lens / kl_baseline if kl_baseline > 0 else None
+
+
+def batched(fn, *tensors):
+    """fn over chunks of eval_batch_size rows of `tensors`, the outputs concatenated."""
+    return torch.cat([fn(*(t[i:i + eval_batch_size] for t in tensors)) for i in range(0, len(tensors[0]), eval_batch_size)])
+
+
+def by_length(rows, fn):
+    """fn over 1-D token tensors grouped by length (neither the encoder nor the LM call takes padding),
+    the results in the order of `rows`."""
+    out = [None] * len(rows)
+    for length in {len(r) for r in rows}:
+        group = [i for i, r in enumerate(rows) if len(r) == length]
+        for i, value in zip(group, batched(fn, torch.stack([rows[i] for i in group]))):
+            out[i] = value
+    return torch.stack(out)
+
+
+def explain_all(acts, mode='greedy'):
+    """(explanations, ids [n, t_text], Â [n, d]) of every activation."""
+    parts = [lens.explain(acts[i:i + eval_batch_size], mode) for i in range(0, len(acts), eval_batch_size)]
+    return sum((p[0] for p in parts), []), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]).float()
+
+
+def kl(tokens, pos, acts, patch):
+    return batched(lambda t, p, a, r: kl_at_position(lm, layer, t, p, a, r)[0].float(), tokens, pos, acts, patch)
+
+
+def kl_summary(kls):
+    q50, q90 = torch.quantile(kls, torch.tensor([0.5, 0.9], device=kls.device)).tolist()
+    return dict(kl=kls.mean().item(), kl_median=q50, kl_p90=q90)
+
+
+def kl_and_top_predictions(tokens, pos, acts, patch):
+    """The KL per sample, and its top-3 next tokens at p with A and with the patch."""
+    kls, tops = [], []
+    for i in range(0, len(acts), eval_batch_size):
+        s = slice(i, i + eval_batch_size)
+        kl_s, logits_a, logits_r = kl_at_position(lm, layer, tokens[s], pos[s], acts[s], patch[s])
+        kls.append(kl_s.float())
+        tops += [(top_tokens(tokenizer, a), top_tokens(tokenizer, r)) for a, r in zip(logits_a, logits_r)]
+    return torch.cat(kls), tops
+
+
+def show_tops(tops):
+    return '  '.join(f'{t!r} {p:.2f}' for t, p in tops)
+
+
+def fmt(value):
+    return '-' if value is None else f'{value:.4f}'
+
+
+def token_span(piece, item=None, scale=1.0, mark=False):
+    """One token; an explained token is coloured by its KL and carries its details for hover and click."""
+    shown = html.escape(piece.replace('\n', '\u21b5\n'))
+    if item is None:
+        return f'<span class="t">{shown}</span>'
+    alpha = min(1.0, item['kl'] / scale) ** 0.5
+    data = dict(tok=repr(piece), kl=f"{item['kl']:.4f}", expl=item['explanation'], a=show_tops(item['top'][0]),
+                r=show_tops(item['top'][1]))
+    attrs = ' '.join(f'data-{k}="{html.escape(v)}"' for k, v in data.items())
+    return f'<span class="t x{" p" if mark else ""}" style="background:rgba(220,40,40,{alpha:.2f})" {attrs}>{shown}</span>'
+
+
+def html_table(rows):
+    numeric = lambda c: re.fullmatch(r'-?[\d.]+(e-?\d+)?|-', str(c)) is not None
+    cell = lambda tag, c: f'<{tag}{" class=n" if numeric(c) else ""}>{html.escape(str(c))}</{tag}>'
+    return '<table>' + ''.join('<tr>' + ''.join(cell('th' if r == 0 else 'td', c) for c in row) + '</tr>'
+                               for r, row in enumerate(rows)) + '</table>'
+
+
+def write_report(path, title, body, scale):
+    """A page that opens offline: inline CSS and a few lines of JS, no external resources. Every text reaches it
+    through html.escape, as element text or a quoted attribute, and the JS only ever assigns textContent."""
+    style = """body{font:14px/1.5 system-ui,sans-serif;margin:24px 24px 200px;color:#222;max-width:1100px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.n{text-align:right}
+.text{white-space:pre-wrap;font:15px/2 monospace;margin:6px 0}.t{position:relative}.x{cursor:pointer;border-radius:2px}
+.p{outline:2px solid #000}
+.x:hover::after{content:attr(data-expl);position:absolute;left:0;top:1.6em;z-index:2;background:#333;color:#fff;
+padding:2px 6px;border-radius:3px;white-space:pre-wrap;width:max-content;max-width:360px;font-size:13px}.sample{margin:6px 0;padding:6px;border-top:1px solid #eee}
+.note{color:#666}.legend{display:inline-block;width:160px;height:12px;vertical-align:middle;
+background:linear-gradient(to right,rgba(220,40,40,0),rgba(220,40,40,1))}
+#panel{position:fixed;right:12px;bottom:12px;width:420px;background:#fffbe6;border:1px solid #d9c56a;padding:8px;
+font-size:13px;white-space:pre-wrap}"""
+    script = """document.addEventListener('click', e => { const t = e.target.closest('.x'); if (!t) return;
+  document.getElementById('panel').textContent = 'token ' + t.dataset.tok + '   KL ' + t.dataset.kl + ' nats\\n' +
+    'explanation: ' + t.dataset.expl + '\\nnext with A: ' + t.dataset.a + '\\nnext with \\u00c2: ' + t.dataset.r; });"""
+    page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{style}</style>'
+            f'</head><body><h2>{html.escape(title)}</h2><p class="note">{html.escape(ckpt_path)}, iteration '
+            f'{checkpoint["iter_num"]}, {html.escape(model)} block {layer}. Hover a coloured token for its explanation, '
+            f'click it for details. KL at p: 0 <span class="legend"></span> {scale:.3g} nats or more.</p>{body}'
+            f'<div id="panel">click a coloured token</div><script>{script}</script></body></html>')
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+        f.write(page)
+    os.replace(path + '.tmp', path)
+    print(path)
+
+
+if __name__ == '__main__':
+    config = configure(globals())
+    torch.set_grad_enabled(False)
+    text_mode = text is not None or text_file is not None
+
+    # checks before anything heavy: the checkpoint must explain this model's block, the data must exist
+    ckpt_path = find_checkpoint()
+    checkpoint = load_checkpoint(ckpt_path)
+    run_dir = os.path.dirname(os.path.abspath(ckpt_path))
+    print(f"checkpoint: {ckpt_path} (iteration {checkpoint['iter_num']})")
+    trained_on = (checkpoint['config']['model'], checkpoint['lens_config']['layer'])
+    if trained_on != (model, layer):
+        raise SystemExit(f"{ckpt_path} explains block {trained_on[1]} of {trained_on[0]}, but this run has model={model!r} "
+                         f"layer={layer}: pass the config it was trained with (--model={trained_on[0]} "
+                         f"--layer={trained_on[1]}) or another --ckpt")
+    if text_file is not None:
+        if not os.path.isfile(text_file):
+            raise SystemExit(f"text_file {text_file!r} not found: pass --text_file=path/to/file.txt or --text='...'")
+        text = open(text_file, encoding='utf-8').read()
+    if text_mode:
+        text = str(text)  # the configurator reads --text=123 as a number
+        if not text:
+            raise SystemExit("the text to explain is empty: pass --text='some words' or a non-empty --text_file")
+    else:
+        val_data = Shards(out_dir, 'val', model=model, layer=layer, ctx=ctx)
+        train_data = Shards(out_dir, 'train', model=model, layer=layer, ctx=ctx)
+        n = min(eval_samples, len(val_data))
+        if n < eval_samples:
+            print(f"eval_samples={eval_samples} but the val split has {len(val_data)} samples: measuring all {n}")
+        if n < 2:
+            raise SystemExit(f"eval_samples={eval_samples}: the baselines pair each sample with another, measure at least 2")
+        if best_of_k < 1:
+            raise SystemExit(f"best_of_k={best_of_k}: the best-of-K curve needs at least one sample, pass --best_of_k=4")
+
+    lm, tokenizer = load_model(model, device, trust_remote_code)
+    lens = load_lens(checkpoint, lm, tokenizer).eval()
+    t_text = lens.cfg.t_text
+    torch.manual_seed(seed)
+
+    # explain a text: every token, or the chosen positions
+    if text_mode:
+        ids = tokenizer.encode(text)
+        if not ids:
+            raise SystemExit("the text encodes to no tokens: pass a non-empty --text or --text_file")
+        if len(ids) > max_context(lm):
+            raise SystemExit(f"the text is {len(ids)} tokens, longer than {model}'s context of {max_context(lm)}: "
+                             f"shorten it or split it into pieces")
+        chosen = list(range(len(ids))) if positions is None else [int(p) for p in re.findall(r'-?\d+', str(positions))]
+        if not chosen or not all(0 <= p < len(ids) for p in chosen):
+            raise SystemExit(f"positions={positions!r}: the text has tokens 0..{len(ids) - 1}, "
+                             f"pass e.g. --positions=0,{len(ids) - 1}")
+        tokens = torch.tensor(ids, device=device)[None].expand(len(chosen), -1)
+        pos = torch.tensor(chosen, device=device)
+        with autocast(device, dtype):
+            acts = batched(lambda t, p: read_activations(lm, layer, t, p).float(), tokens, pos)
+            explanations, _, recon = explain_all(acts)
+            kls, tops = kl_and_top_predictions(tokens, pos, acts, recon)
+        items = {p: dict(kl=k, explanation=e, top=t) for p, k, e, t in zip(chosen, kls.tolist(), explanations, tops)}
+        pieces = [tokenizer.decode([i]) for i in ids]
+        summary = kl_summary(kls)
+        print(f"{'pos':>4}  {'token':<14} {'KL':>8}  explanation")
+        for p, item in items.items():
+            print(f"{p:>4}  {repr(pieces[p])[:14]:<14} {item['kl']:8.4f}  {item['explanation']!r}")
+        print(f"KL over {len(chosen)} positions: mean {summary['kl']:.4f}, median {summary['kl_median']:.4f}, "
+              f"p90 {summary['kl_p90']:.4f} nats")
+        scale = max(summary['kl_p90'], 1e-6)
+        rows = [[p, repr(pieces[p]), fmt(it['kl']), it['explanation'], show_tops(it['top'][0]), show_tops(it['top'][1])]
+                for p, it in items.items()]
+        write_report(os.path.join(run_dir, 'report_text.html'), 'Consistency Lens: explained text',
+                     html_table([('positions', 'KL mean (nats)', 'KL median', 'KL p90'),
+                                 (len(chosen), *map(fmt, summary.values()))]) +
+                     '<div class="text">' + ''.join(token_span(t, items.get(p), scale) for p, t in enumerate(pieces)) +
+                     '</div><h3>Every explained position</h3>' +
+                     html_table([('pos', 'token', 'KL', 'explanation', 'next with A', 'next with Â')] + rows), scale)
+        raise SystemExit(0)
+
+    # measure on the val shards
+    acts, tokens, pos = (t.to(device) for t in val_data.get(np.arange(n)))
+    partner = torch.arange(n, device=device).roll(-1)
+    windows = [tokens[b, max(0, p + 1 - t_text):p + 1] for b, p in enumerate(pos.tolist())]
+    shown = min(report_samples, n)
+    with autocast(device, dtype):
+        explanations, ids, recon = explain_all(acts)
+        train_mean = train_data.mean(len(train_data)).to(device)
+        patches = dict(lens=recon, zero=torch.zeros_like(acts), mean=train_mean.expand_as(acts), resample=acts[partner],
+                       text_prev_tokens=by_length(windows, lens.encoder).float(), text_shuffled=recon[partner])
+        if lens.encoder.prompt_prefix is not None or lens.encoder.prompt_postfix is not None:
+            patches['text_empty'] = lens.encoder(ids[:1, :0]).float().expand_as(acts)
+        else:
+            print("no text_empty baseline: the encoder prompt is '<text>' alone, so an empty explanation is no input at all")
+        kls = {name: kl(tokens, pos, acts, patch) for name, patch in patches.items() if name != 'lens'}
+        kls['lens'], tops = kl_and_top_predictions(tokens, pos, acts, recon)
+        fluency = lambda rows: nll(lm, lens.natural_prefix, rows)
+        nll_explanation, nll_real = batched(fluency, ids), by_length(windows, fluency)
+        sampled = torch.stack([kl(tokens, pos, acts, explain_all(acts, 'sample')[2]) for _ in range(best_of_k)])
+        printed = [kl_at_position(lm, layer, tokens[b:b + 1], pos[b:b + 1], acts[b:b + 1], recon[b:b + 1])
+                   for b in range(min(num_print_samples, n))]
+
+    methods = {name: kl_summary(kls[name]) | reconstruction_metrics(patch, acts) for name, patch in patches.items()}
+    for name in list(methods)[1:]:
+        methods[name]['kl_recovered'] = kl_recovered(methods['lens']['kl'], methods[name]['kl'])
+    # results.json names: kl_<method>[_median|_p90|_recovered]; mse, fve, cos, norm_ratio for the lens
+    # and with _<baseline> appended for each baseline
+    metrics = {(f'kl_{name}' + k[2:] if k.startswith('kl') else k if name == 'lens' else f'{k}_{name}'): v
+               for name, m in methods.items() for k, v in m.items()}
+    curve = sorted({2 ** i for i in range(best_of_k.bit_length())} | {best_of_k})
+    metrics |= dict(nll_explanation=nll_explanation.mean().item(), nll_real_text=nll_real.mean().item(),
+                    distinct_ratio=distinct_ratio(ids),
+                    kl_best_of_k={str(k): sampled[:k].min(0).values.mean().item() for k in curve})
+
+    table = [['metric', *methods]] + [[label] + [fmt(m.get(k)) for m in methods.values()] for label, k in (
+        ('KL mean (nats)', 'kl'), ('KL median', 'kl_median'), ('KL p90', 'kl_p90'), ('KL recovered by lens', 'kl_recovered'),
+        ('MSE', 'mse'), ('FVE', 'fve'), ('cosine', 'cos'), ('norm ratio |Â|/|A|', 'norm_ratio'))]
+    extra = [('NLL/token of the explanations after the natural prefix', metrics['nll_explanation']),
+             (f'NLL/token of real text ({t_text} tokens ending at p), same prefix', metrics['nll_real_text']),
+             ('distinct tokens / tokens per explanation', metrics['distinct_ratio'])]
+    extra += [(f'mean KL of the best of {k} sampled explanations', v) for k, v in metrics['kl_best_of_k'].items()]
+    print(f"\n{n} val samples, {model} block {layer}, iteration {checkpoint['iter_num']}")
+    widths = [max(9, len(name) + 2) for name in methods]
+    for row in table:
+        print(f"{row[0]:<21}" + ''.join(f"{c:>{w}}" for c, w in zip(row[1:], widths)))
+    for label, value in extra:
+        print(f"{label:<60}{fmt(value):>10}")
+    for b, (_, logits_a, logits_r) in enumerate(printed):
+        print(f"sample {b} (KL {kls['lens'][b]:.4f}):\n" + format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b],
+                                                                        logits_a[0], logits_r[0]))
+
+    results = dict(checkpoint=os.path.abspath(ckpt_path), iter_num=checkpoint['iter_num'], num_samples=n, metrics=metrics,
+                   config=config, train_config=checkpoint['config'], lens_config=checkpoint['lens_config'])
+    results_path = os.path.join(run_dir, 'results.json')
+    with open(results_path + '.tmp', 'w') as f:
+        json.dump(results, f, indent=1)
+    os.replace(results_path + '.tmp', results_path)
+    print(f"wrote {results_path}")
+
+    scale = max(torch.quantile(kls['lens'][:shown], 0.9).item(), 1e-6)
+    samples = []
+    for b in range(shown):
+        p, window = int(pos[b]), tokens[b].tolist()
+        item = dict(kl=kls['lens'][b].item(), explanation=explanations[b], top=tops[b])
+        context = ''.join(token_span(tokenizer.decode([t]), item if i == p else None, scale, mark=True)
+                          for i, t in enumerate(window[:p + 1]))
+        actual = f', actual next token {tokenizer.decode([window[p + 1]])!r}' if p + 1 < len(window) else ''
+        samples.append(f'<div class="sample"><div class="note">sample {b}, p = {p}, KL {item["kl"]:.4f}{html.escape(actual)}'
+                       f'</div><div class="text">{context}</div><div>explanation: <b>{html.escape(explanations[b])}</b></div>'
+                       f'<div class="note">next with A: {html.escape(show_tops(tops[b][0]))}<br>next with Â: '
+                       f'{html.escape(show_tops(tops[b][1]))}</div></div>')
+    write_report(os.path.join(run_dir, 'report.html'), 'Consistency Lens: evaluation',
+                 html_table(table) + html_table([('fluency and best-of-K', '')] + [(l, fmt(v)) for l, v in extra]) +
+                 f'<h3>Samples: the token at p is outlined and coloured by its KL</h3>' + ''.join(samples), scale)

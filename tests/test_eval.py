@@ -1,0 +1,156 @@
+"""eval.py: each metric against its formula, then dump -> train -> eval on tiny-gpt2 (results.json, the
+HTML reports, the lens against its baselines) and every error that must stop it early.
+Run: pytest -q tests/test_eval.py"""
+import ast
+import html
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import eval as ev
+from conftest import run_script
+from lens import kl_div, reconstruction_metrics
+from model import load_model
+
+REQUIRED = ['kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_shuffled', 'kl_text_empty',
+            'fve', 'nll_explanation', 'nll_real_text']
+BASELINES = ['zero', 'mean', 'resample', 'text_prev_tokens', 'text_shuffled', 'text_empty']
+HOSTILE = 'Hi <script>alert(1)</script> & "quotes"\nline two'
+
+
+def test_kl_div_is_the_kl_of_the_softmaxes():
+    p, q = torch.tensor([[0.5, 0.5], [0.9, 0.1]]), torch.tensor([[0.25, 0.75], [0.5, 0.5]])
+    expected = (p * (p / q).log()).sum(-1)
+    torch.testing.assert_close(kl_div(p.log() + 3.0, q.log() - 1.0), expected)  # logits: any shift
+    assert abs(expected[0].item() - (0.5 * math.log(2) + 0.5 * math.log(2 / 3))) < 1e-6
+
+
+def test_reconstruction_metrics_match_their_formulas():
+    acts = torch.tensor([[1.0, 0.0], [3.0, 0.0]])  # mean [2, 0]: total variance 2
+    recon = torch.tensor([[1.0, 1.0], [3.0, 0.0]])  # squared error 1
+    m = reconstruction_metrics(recon, acts)
+    assert m['mse'] == pytest.approx(1 / 4)
+    assert m['fve'] == pytest.approx(1 - 1 / 2)
+    assert m['cos'] == pytest.approx((1 / math.sqrt(2) + 1) / 2)
+    assert m['norm_ratio'] == pytest.approx((math.sqrt(2) + 1) / 2)
+    assert reconstruction_metrics(acts.mean(0).expand_as(acts), acts)['fve'] == pytest.approx(0.0)  # mean ablation
+
+
+def test_kl_recovered_and_distinct_ratio():
+    assert ev.kl_recovered(0.25, 1.0) == pytest.approx(0.75)
+    assert ev.kl_recovered(2.0, 1.0) == pytest.approx(-1.0)  # worse than the baseline
+    assert ev.kl_recovered(0.0, 0.0) is None
+    assert ev.distinct_ratio(torch.tensor([[1, 1, 2, 3], [5, 5, 5, 5]])) == pytest.approx((3 / 4 + 1 / 4) / 2)
+
+
+def test_nll_is_the_mean_next_token_loss_after_the_prefix():
+    lm, _ = load_model('tiny-gpt2')
+    prefix, ids = torch.tensor([256, 72, 105]), torch.tensor([[10, 20, 30, 40], [7, 7, 7, 7]])
+    expected = torch.zeros(2)
+    for b in range(2):
+        for t in range(4):  # one forward per token: an independent path to the same number
+            logits = lm(torch.cat([prefix, ids[b, :t]])[None]).logits[0, -1]
+            expected[b] -= F.log_softmax(logits, -1)[ids[b, t]] / 4
+    torch.testing.assert_close(ev.nll(lm, prefix, ids), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """A random byte corpus, a tiny-gpt2 dump at block 2, a lens trained for 60 iterations, and the
+    output of eval.py in both modes."""
+    root = tmp_path_factory.mktemp('eval')
+    corpus = root / 'corpus'
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 6000), ('val', 2000)):
+        tokens = rng.integers(0, 256, n).astype(np.uint16)
+        tokens[rng.integers(0, n, n // 200)] = 256
+        tokens.tofile(corpus / f'{split}.bin')
+    json.dump(dict(tokenizer='bytes', vocab_size=257, eot_id=256, dtype='uint16'), open(corpus / 'meta.json', 'w'))
+    out = root / 'out'
+    common = ['--model=tiny-gpt2', f'--data_dir={corpus}', f'--out_dir={out}', '--layer=2', '--ctx=32']
+    run_script('dump.py', *common, '--num_train_samples=2000', '--num_val_samples=200', '--min_pos=2',
+               '--samples_per_shard=1000')
+    run_script('train.py', *common, '--encoder_layer=2', '--t_text=4', '--max_iters=60', '--batch_size=16',
+               '--learning_rate=3e-3', '--warmup_iters=5', '--alpha_warmup_iters=20', '--tau_hold_iters=20',
+               '--tau_decay_iters=40', '--eval_interval=30', '--eval_samples=100', '--ckpt_interval=60', '--run_name=r1')
+    shards = run_script('eval.py', *common, '--eval_samples=500', '--best_of_k=3')
+    text = run_script('eval.py', *common, f'--text={HOSTILE}')
+    return dict(root=root, out=out, common=common, run_dir=out / 'r1', shards=shards.stdout, text=text.stdout)
+
+
+def test_results_json_holds_every_metric_and_baseline(run):
+    assert 'checkpoint: ' in run['shards'] and 'r1/best.pt' in run['shards']  # found the only run by itself
+    assert 'the val split has 200 samples: measuring all 200' in run['shards']
+    results = json.load(open(run['run_dir'] / 'results.json'))
+    m = results['metrics']
+    assert results['num_samples'] == 200 and results['iter_num'] > 0 and results['config']['model'] == 'tiny-gpt2'
+    for key in REQUIRED + [f'kl_{b}_{s}' for b in ['lens'] + BASELINES for s in ('median', 'p90')]:
+        assert isinstance(m[key], float) and math.isfinite(m[key]), key
+    for b in BASELINES:
+        assert m[f'kl_{b}_recovered'] == pytest.approx(1 - m['kl_lens'] / m[f'kl_{b}'])
+        assert m[f'kl_{b}_median'] <= m[f'kl_{b}_p90'] and m[f'kl_{b}'] > 0
+        assert {f'mse_{b}', f'fve_{b}', f'cos_{b}', f'norm_ratio_{b}'} <= set(m)
+    assert m['fve_mean'] == pytest.approx(0.0, abs=0.05)  # the train mean on val data
+    assert m['cos_zero'] == 0 and m['norm_ratio_zero'] == 0
+    assert 0 < m['distinct_ratio'] <= 1
+    curve = [m['kl_best_of_k'][k] for k in ('1', '2', '3')]  # 1, 2 and best_of_k itself
+    assert curve[0] >= curve[1] >= curve[2] > 0
+    for label in ('KL mean', 'KL recovered by lens', 'FVE', 'NLL/token of real text', 'best of 3'):
+        assert label in run['shards']
+    assert run['shards'].strip().splitlines()[-1].endswith('report.html')
+
+
+def test_the_trained_lens_beats_resample_and_mean_ablation(run):
+    m = json.load(open(run['run_dir'] / 'results.json'))['metrics']
+    assert m['kl_lens'] < m['kl_resample'], m
+    assert m['kl_lens'] < m['kl_mean'], m
+
+
+def test_shard_report_shows_the_table_and_samples(run):
+    page = (run['run_dir'] / 'report.html').read_text()
+    assert page.count('<script>') == 1 and 'http' not in page and 'src=' not in page  # offline, one inline script
+    for name in ['lens'] + BASELINES:
+        assert f'<th>{name}</th>' in page
+    assert page.count('class="sample"') == 40
+    assert 'next with A' in page and 'data-expl=' in page
+
+
+def test_text_report_holds_every_token_and_explanation_escaped(run):
+    assert run['text'].strip().splitlines()[-1].endswith('report_text.html')
+    rows = [line for line in run['text'].splitlines() if re.match(r'\s*\d+\s{2}', line)]
+    assert len(rows) == len(HOSTILE.encode())  # one byte token per position, every one explained
+    page = (run['run_dir'] / 'report_text.html').read_text()
+    assert '<script>alert' not in page and page.count('<script>') == 1
+    text_div = re.search(r'<div class="text">(.*?)</div>', page, re.S).group(1)
+    assert html.unescape(re.sub(r'<[^>]+>', '', text_div)).replace('\u21b5\n', '\n') == HOSTILE
+    for line in rows:
+        explanation = ast.literal_eval(re.search(r"\d+\.\d{4}  (.*)$", line).group(1))  # printed with repr
+        assert f'data-expl="{html.escape(explanation)}"' in page
+        assert f'<td>{html.escape(explanation)}</td>' in page
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--layer=1'], 'explains block 2 of tiny-gpt2, but this run has'),
+    (['--model=tiny-llama'], "explains block 2 of tiny-gpt2, but this run has model='tiny-llama'"),
+    (['--text='], 'the text to explain is empty'),
+    ([f'--text={"x" * 129}'], "longer than tiny-gpt2's context of 128"),
+    (['--text_file=/no/such/file.txt'], 'not found'),
+])
+def test_errors_name_cause_and_fix(run, args, message):
+    proc = run_script('eval.py', *run['common'], *args, check=False)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def test_missing_checkpoint_and_missing_shards(run, tmp_path):
+    common = [c for c in run['common'] if not c.startswith('--out_dir')]
+    proc = run_script('eval.py', *common, f'--out_dir={tmp_path}', check=False)
+    assert proc.returncode == 1 and 'no checkpoint (best.pt or ckpt.pt) in' in proc.stderr and 'train.py' in proc.stderr
+    proc = run_script('eval.py', *common, f'--out_dir={tmp_path}', f"--ckpt={run['run_dir'] / 'best.pt'}", check=False)
+    assert proc.returncode == 1 and 'no activation shards' in proc.stderr and 'dump.py' in proc.stderr
