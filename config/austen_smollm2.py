@@ -24,5 +24,6 @@ tau_hold_iters = 100  # Gumbel temperature 1.0, then linear to 0.1 by the end
 tau_decay_iters = 300
 eval_interval = 100
 periodic_eval_samples = 96  # val samples in train.py's periodic eval; eval.py measures eval_samples
+eval_samples = 200  # eval.py: held-out samples measured against every baseline
 log_interval = 10
 ckpt_interval = 100
