@@ -30,6 +30,7 @@ import html
 import json
 import os
 import re
+import time
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ device = 'cpu'
 dtype = 'float32'
 trust_remote_code = False
 run_name = ''  # '' picks the run in out_dir saved most recently
-eval_samples = 500  # the first val samples (random windows already); a config's value also sizes train.py's eval
+eval_samples = 500  # the first val samples (random windows already), at most the whole split
 num_print_samples = 3  # samples printed to the console
 # eval
 ckpt = ''  # a checkpoint path; '' means best.pt (else ckpt.pt) of run_name
@@ -118,24 +119,22 @@ def explain_all(acts, mode='greedy'):
     return sum((p[0] for p in parts), []), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]).float()
 
 
-def kl(tokens, pos, acts, patch):
-    return batched(lambda t, p, a, r: kl_at_position(lm, layer, t, p, a, r)[0].float(), tokens, pos, acts, patch)
-
-
 def kl_summary(kls):
     q50, q90 = torch.quantile(kls, torch.tensor([0.5, 0.9], device=kls.device)).tolist()
     return dict(kl=kls.mean().item(), kl_median=q50, kl_p90=q90)
 
 
-def kl_and_top_predictions(tokens, pos, acts, patch):
-    """The KL per sample, and its top-3 next tokens at p with A and with the patch."""
-    kls, tops = [], []
+def kl_and_tops(tokens, pos, acts, patch):
+    """KL at p per sample, and the top-3 next tokens there with A and with the patch. Batches go in order
+    of p: kl_at_position pads a batch's prefixes to its largest p, so mixed batches would waste ~40%."""
+    order = pos.argsort()
+    kls, tops = torch.empty(len(acts), device=acts.device), [None] * len(acts)
     for i in range(0, len(acts), eval_batch_size):
-        s = slice(i, i + eval_batch_size)
-        kl_s, logits_a, logits_r = kl_at_position(lm, layer, tokens[s], pos[s], acts[s], patch[s])
-        kls.append(kl_s.float())
-        tops += [(top_tokens(tokenizer, a), top_tokens(tokenizer, r)) for a, r in zip(logits_a, logits_r)]
-    return torch.cat(kls), tops
+        s = order[i:i + eval_batch_size]
+        kls[s], logits_a, logits_r = kl_at_position(lm, layer, tokens[s], pos[s], acts[s], patch[s])
+        for j, a, r in zip(s.tolist(), logits_a, logits_r):
+            tops[j] = (top_tokens(tokenizer, a), top_tokens(tokenizer, r))
+    return kls, tops
 
 
 def show_tops(tops):
@@ -146,13 +145,18 @@ def fmt(value):
     return '-' if value is None else f'{value:.4f}'
 
 
+def visible(text):
+    """Newlines as a visible mark: explanations often start with one, which HTML would swallow."""
+    return text.replace('\n', '\u21b5')
+
+
 def token_span(piece, item=None, scale=1.0, mark=False):
     """One token; an explained token is coloured by its KL and carries its details for hover and click."""
     shown = html.escape(piece.replace('\n', '\u21b5\n'))
     if item is None:
         return f'<span class="t">{shown}</span>'
     alpha = min(1.0, item['kl'] / scale) ** 0.5
-    data = dict(tok=repr(piece), kl=f"{item['kl']:.4f}", expl=item['explanation'], a=show_tops(item['top'][0]),
+    data = dict(tok=repr(piece), kl=f"{item['kl']:.4f}", expl=visible(item['explanation']), a=show_tops(item['top'][0]),
                 r=show_tops(item['top'][1]))
     attrs = ' '.join(f'data-{k}="{html.escape(v)}"' for k, v in data.items())
     return f'<span class="t x{" p" if mark else ""}" style="background:rgba(220,40,40,{alpha:.2f})" {attrs}>{shown}</span>'
@@ -171,9 +175,9 @@ def write_report(path, title, body, scale):
     style = """body{font:14px/1.5 system-ui,sans-serif;margin:24px 24px 200px;color:#222;max-width:1100px}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.n{text-align:right}
 .text{white-space:pre-wrap;font:15px/2 monospace;margin:6px 0}.t{position:relative}.x{cursor:pointer;border-radius:2px}
-.p{outline:2px solid #000}
+.p{outline:2px solid #000}.e{white-space:pre-wrap}.sample{margin:6px 0;padding:6px;border-top:1px solid #eee}
 .x:hover::after{content:attr(data-expl);position:absolute;left:0;top:1.6em;z-index:2;background:#333;color:#fff;
-padding:2px 6px;border-radius:3px;white-space:pre-wrap;width:max-content;max-width:360px;font-size:13px}.sample{margin:6px 0;padding:6px;border-top:1px solid #eee}
+padding:2px 6px;border-radius:3px;white-space:pre-wrap;width:max-content;max-width:360px;font-size:13px}
 .note{color:#666}.legend{display:inline-block;width:160px;height:12px;vertical-align:middle;
 background:linear-gradient(to right,rgba(220,40,40,0),rgba(220,40,40,1))}
 #panel{position:fixed;right:12px;bottom:12px;width:420px;background:#fffbe6;border:1px solid #d9c56a;padding:8px;
@@ -248,7 +252,7 @@ if __name__ == '__main__':
         with autocast(device, dtype):
             acts = batched(lambda t, p: read_activations(lm, layer, t, p).float(), tokens, pos)
             explanations, _, recon = explain_all(acts)
-            kls, tops = kl_and_top_predictions(tokens, pos, acts, recon)
+            kls, tops = kl_and_tops(tokens, pos, acts, recon)
         items = {p: dict(kl=k, explanation=e, top=t) for p, k, e, t in zip(chosen, kls.tolist(), explanations, tops)}
         pieces = [tokenizer.decode([i]) for i in ids]
         summary = kl_summary(kls)
@@ -258,7 +262,8 @@ if __name__ == '__main__':
         print(f"KL over {len(chosen)} positions: mean {summary['kl']:.4f}, median {summary['kl_median']:.4f}, "
               f"p90 {summary['kl_p90']:.4f} nats")
         scale = max(summary['kl_p90'], 1e-6)
-        rows = [[p, repr(pieces[p]), fmt(it['kl']), it['explanation'], show_tops(it['top'][0]), show_tops(it['top'][1])]
+        rows = [[p, repr(pieces[p]), fmt(it['kl']), visible(it['explanation']), show_tops(it['top'][0]),
+                 show_tops(it['top'][1])]
                 for p, it in items.items()]
         write_report(os.path.join(run_dir, 'report_text.html'), 'Consistency Lens: explained text',
                      html_table([('positions', 'KL mean (nats)', 'KL median', 'KL p90'),
@@ -273,6 +278,7 @@ if __name__ == '__main__':
     partner = torch.arange(n, device=device).roll(-1)
     windows = [tokens[b, max(0, p + 1 - t_text):p + 1] for b, p in enumerate(pos.tolist())]
     shown = min(report_samples, n)
+    t0 = time.time()  # progress lines: on a CPU every KL pass is a forward over n contexts, minutes for a real model
     with autocast(device, dtype):
         explanations, ids, recon = explain_all(acts)
         train_mean = train_data.mean(len(train_data)).to(device)
@@ -282,11 +288,15 @@ if __name__ == '__main__':
             patches['text_empty'] = lens.encoder(ids[:1, :0]).float().expand_as(acts)
         else:
             print("no text_empty baseline: the encoder prompt is '<text>' alone, so an empty explanation is no input at all")
-        kls = {name: kl(tokens, pos, acts, patch) for name, patch in patches.items() if name != 'lens'}
-        kls['lens'], tops = kl_and_top_predictions(tokens, pos, acts, recon)
+        print(f"explained {n} val samples ({time.time() - t0:.0f}s)", flush=True)
+        kls = {name: kl_and_tops(tokens, pos, acts, patch)[0] for name, patch in patches.items() if name != 'lens'}
+        kls['lens'], tops = kl_and_tops(tokens, pos, acts, recon)
         fluency = lambda rows: nll(lm, lens.natural_prefix, rows)
         nll_explanation, nll_real = batched(fluency, ids), by_length(windows, fluency)
-        sampled = torch.stack([kl(tokens, pos, acts, explain_all(acts, 'sample')[2]) for _ in range(best_of_k)])
+        print(f"KL of the lens and {len(patches) - 1} baselines, fluency ({time.time() - t0:.0f}s)", flush=True)
+        sampled = torch.stack([kl_and_tops(tokens, pos, acts, explain_all(acts, 'sample')[2])[0]
+                               for _ in range(best_of_k)])
+        print(f"best of {best_of_k} sampled explanations ({time.time() - t0:.0f}s)", flush=True)
         printed = [kl_at_position(lm, layer, tokens[b:b + 1], pos[b:b + 1], acts[b:b + 1], recon[b:b + 1])
                    for b in range(min(num_print_samples, n))]
 
@@ -336,9 +346,10 @@ if __name__ == '__main__':
                           for i, t in enumerate(window[:p + 1]))
         actual = f', actual next token {tokenizer.decode([window[p + 1]])!r}' if p + 1 < len(window) else ''
         samples.append(f'<div class="sample"><div class="note">sample {b}, p = {p}, KL {item["kl"]:.4f}{html.escape(actual)}'
-                       f'</div><div class="text">{context}</div><div>explanation: <b>{html.escape(explanations[b])}</b></div>'
+                       f'</div><div class="text">{context}</div><div>explanation: '
+                       f'<b class="e">{html.escape(visible(explanations[b]))}</b></div>'
                        f'<div class="note">next with A: {html.escape(show_tops(tops[b][0]))}<br>next with Â: '
                        f'{html.escape(show_tops(tops[b][1]))}</div></div>')
     write_report(os.path.join(run_dir, 'report.html'), 'Consistency Lens: evaluation',
-                 html_table(table) + html_table([('fluency and best-of-K', '')] + [(l, fmt(v)) for l, v in extra]) +
-                 f'<h3>Samples: the token at p is outlined and coloured by its KL</h3>' + ''.join(samples), scale)
+                 html_table(table) + html_table([('fluency and best-of-K', 'value')] + [(l, fmt(v)) for l, v in extra]) +
+                 '<h3>Samples: the token at p is outlined and coloured by its KL</h3>' + ''.join(samples), scale)

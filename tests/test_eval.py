@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 import eval as ev
 from conftest import run_script
-from lens import kl_div, reconstruction_metrics
-from model import load_model
+from lens import kl_at_position, kl_div, reconstruction_metrics, top_tokens
+from model import load_model, read_activations
 
 REQUIRED = ['kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_shuffled', 'kl_text_empty',
             'fve', 'nll_explanation', 'nll_real_text']
@@ -59,6 +59,22 @@ def test_nll_is_the_mean_next_token_loss_after_the_prefix():
     torch.testing.assert_close(ev.nll(lm, prefix, ids), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_kl_in_batches_sorted_by_position_equals_one_call(monkeypatch):
+    lm, tokenizer = load_model('tiny-gpt2')
+    for name, value in dict(lm=lm, tokenizer=tokenizer, layer=1, eval_batch_size=3).items():
+        monkeypatch.setattr(ev, name, value, raising=False)
+    generator = torch.Generator().manual_seed(0)
+    tokens, pos = torch.randint(0, 256, (8, 20), generator=generator), torch.randint(0, 20, (8,), generator=generator)
+    acts = read_activations(lm, 1, tokens, pos)
+    patch = acts + torch.randn(acts.shape, generator=generator)
+    expected, logits_a, logits_r = kl_at_position(lm, 1, tokens, pos, acts, patch)
+    kls, tops = ev.kl_and_tops(tokens, pos, acts, patch)
+    torch.testing.assert_close(kls, expected, rtol=1e-4, atol=1e-6)
+    for got, want in zip(tops[5], (top_tokens(tokenizer, logits_a[5]), top_tokens(tokenizer, logits_r[5]))):
+        assert [t for t, _ in got] == [t for t, _ in want]
+        assert [q for _, q in got] == pytest.approx([q for _, q in want], abs=1e-4)
+
+
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     """A random byte corpus, a tiny-gpt2 dump at block 2, a lens trained for 60 iterations, and the
@@ -78,7 +94,8 @@ def run(tmp_path_factory):
                '--samples_per_shard=1000')
     run_script('train.py', *common, '--encoder_layer=2', '--t_text=4', '--max_iters=60', '--batch_size=16',
                '--learning_rate=3e-3', '--warmup_iters=5', '--alpha_warmup_iters=20', '--tau_hold_iters=20',
-               '--tau_decay_iters=40', '--eval_interval=30', '--eval_samples=100', '--ckpt_interval=60', '--run_name=r1')
+               '--tau_decay_iters=40', '--eval_interval=30', '--periodic_eval_samples=100', '--ckpt_interval=60',
+               '--run_name=r1')
     shards = run_script('eval.py', *common, '--eval_samples=500', '--best_of_k=3')
     text = run_script('eval.py', *common, f'--text={HOSTILE}')
     return dict(root=root, out=out, common=common, run_dir=out / 'r1', shards=shards.stdout, text=text.stdout)
@@ -131,8 +148,8 @@ def test_text_report_holds_every_token_and_explanation_escaped(run):
     assert html.unescape(re.sub(r'<[^>]+>', '', text_div)).replace('\u21b5\n', '\n') == HOSTILE
     for line in rows:
         explanation = ast.literal_eval(re.search(r"\d+\.\d{4}  (.*)$", line).group(1))  # printed with repr
-        assert f'data-expl="{html.escape(explanation)}"' in page
-        assert f'<td>{html.escape(explanation)}</td>' in page
+        shown = html.escape(explanation.replace('\n', '\u21b5'))  # newlines made visible
+        assert f'data-expl="{shown}"' in page and f'<td>{shown}</td>' in page
 
 
 @pytest.mark.parametrize('args, message', [
