@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from configurator import configure
 from dump import Shards
 from lens import TAU_FLOOR, Lens, LensConfig, batch_cat, cosine, entropy, fve, kl_at_position, kl_div
-from model import (ByteTokenizer, autocast, block_tensor, blocks, check_layer, embed, load_model, max_context,
+from model import (ByteTokenizer, autocast, frozen, block_tensor, blocks, check_layer, embed, load_model, max_context,
                    patched, read_activations)
 
 # -----------------------------------------------------------------------------
@@ -80,7 +80,7 @@ def load():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         lm = GPT2LMHeadModel(GPT2Config())  # 12 blocks, d 768, vocab 50257; byte ids (< 257) are valid ids
-    return lm.to(device).eval().requires_grad_(False), ByteTokenizer()
+    return frozen(lm, device), ByteTokenizer()
 
 
 def make_batches(lm, n):

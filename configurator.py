@@ -105,6 +105,8 @@ def configure(settings, argv=None):
                 raise SystemExit(f"config error: '{arg}' needs a value, as in --{key}=VALUE")
             check_known(key, set(own), 'the command line')
             if key in own:
-                settings[key] = coerce(key, parse_literal(text), own[key])
+                textual = own[key] is None or isinstance(own[key], str)  # keep '1e3' or '0x10' as typed
+                value = None if text == 'None' else text if textual else parse_literal(text)
+                settings[key] = coerce(key, value, own[key])
                 print(f"config: {key} = {settings[key]!r}")
     return {k: settings[k] for k in own}

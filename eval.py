@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from configurator import configure
 from dump import Shards
-from lens import format_sample, kl_at_position, load_checkpoint, load_lens, reconstruction_metrics, top_tokens
+from lens import format_sample, kl_at_position, kl_div, load_checkpoint, load_lens, next_token_logits, reconstruction_metrics, top_tokens
 from model import autocast, load_model, max_context, read_activations
 
 # -----------------------------------------------------------------------------
@@ -124,15 +124,19 @@ def kl_summary(kls):
     return dict(kl=kls.mean().item(), kl_median=q50, kl_p90=q90)
 
 
-def kl_and_tops(tokens, pos, acts, patch):
-    """KL at p per sample, and the top-3 next tokens there with A and with the patch. Batches go in order
-    of p: kl_at_position pads a batch's prefixes to its largest p, so mixed batches would waste ~40%."""
+def kl_and_tops(tokens, pos, acts, patches):
+    """KL at p per sample for each patch ({name: [n, d]}), and the top-3 next tokens there with A and with the
+    first patch. One prefix pass per batch serves every patch, and batches go in order of p, because
+    next_token_logits pads a batch's prefixes to its largest p (mixed batches would waste ~40%)."""
     order = pos.argsort()
-    kls, tops = torch.empty(len(acts), device=acts.device), [None] * len(acts)
+    kls = {name: torch.empty(len(acts), device=acts.device) for name in patches}
+    tops = [None] * len(acts)
     for i in range(0, len(acts), eval_batch_size):
         s = order[i:i + eval_batch_size]
-        kls[s], logits_a, logits_r = kl_at_position(lm, layer, tokens[s], pos[s], acts[s], patch[s])
-        for j, a, r in zip(s.tolist(), logits_a, logits_r):
+        logits_a, *logits = next_token_logits(lm, layer, tokens[s], pos[s], acts[s], *(p[s] for p in patches.values()))
+        for name, patch_logits in zip(patches, logits):
+            kls[name][s] = kl_div(logits_a, patch_logits)
+        for j, a, r in zip(s.tolist(), logits_a, logits[0]):
             tops[j] = (top_tokens(tokenizer, a), top_tokens(tokenizer, r))
     return kls, tops
 
@@ -252,7 +256,8 @@ if __name__ == '__main__':
         with autocast(device, dtype):
             acts = batched(lambda t, p: read_activations(lm, layer, t, p).float(), tokens, pos)
             explanations, _, recon = explain_all(acts)
-            kls, tops = kl_and_tops(tokens, pos, acts, recon)
+            kls, tops = kl_and_tops(tokens, pos, acts, dict(lens=recon))
+            kls = kls['lens']
         items = {p: dict(kl=k, explanation=e, top=t) for p, k, e, t in zip(chosen, kls.tolist(), explanations, tops)}
         pieces = [tokenizer.decode([i]) for i in ids]
         summary = kl_summary(kls)
@@ -289,13 +294,12 @@ if __name__ == '__main__':
         else:
             print("no text_empty baseline: the encoder prompt is '<text>' alone, so an empty explanation is no input at all")
         print(f"explained {n} val samples ({time.time() - t0:.0f}s)", flush=True)
-        kls = {name: kl_and_tops(tokens, pos, acts, patch)[0] for name, patch in patches.items() if name != 'lens'}
-        kls['lens'], tops = kl_and_tops(tokens, pos, acts, recon)
+        kls, tops = kl_and_tops(tokens, pos, acts, patches)
         fluency = lambda rows: nll(lm, lens.natural_prefix, rows)
         nll_explanation, nll_real = batched(fluency, ids), by_length(windows, fluency)
         print(f"KL of the lens and {len(patches) - 1} baselines, fluency ({time.time() - t0:.0f}s)", flush=True)
-        sampled = torch.stack([kl_and_tops(tokens, pos, acts, explain_all(acts, 'sample')[2])[0]
-                               for _ in range(best_of_k)])
+        sampled = torch.stack(list(kl_and_tops(tokens, pos, acts, {k: explain_all(acts, 'sample')[2]
+                                                                   for k in range(best_of_k)})[0].values()))
         print(f"best of {best_of_k} sampled explanations ({time.time() - t0:.0f}s)", flush=True)
         printed = [kl_at_position(lm, layer, tokens[b:b + 1], pos[b:b + 1], acts[b:b + 1], recon[b:b + 1])
                    for b in range(min(num_print_samples, n))]

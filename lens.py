@@ -109,7 +109,7 @@ class WithLM(nn.Module):
         return self.frozen_lm if self.lm_copy is None else self.lm_copy
 
     def unfreeze(self):
-        # copy.deepcopy would also copy hooks; the project registers hooks only inside calls, so none are live
+        # copy.deepcopy also copies hooks: only model.frozen's LM-head hook is live, and the copy wants it too
         self.lm_copy = copy.deepcopy(self.frozen_lm).requires_grad_(True)
 
 
@@ -189,8 +189,8 @@ def next_token_logits(lm, layer, tokens, pos, *patches):
     cache = DynamicCache()
     if P > 0:
         with torch.no_grad():
-            lm(input_ids=tokens.gather(1, source.clamp(min=0)), attention_mask=mask, position_ids=source.clamp(min=0),
-               past_key_values=cache, use_cache=True, logits_to_keep=1)
+            lm.base_model(input_ids=tokens.gather(1, source.clamp(min=0)), attention_mask=mask,
+                          position_ids=source.clamp(min=0), past_key_values=cache, use_cache=True)  # no LM head
     step = dict(input_ids=tokens.gather(1, pos[:, None]), position_ids=pos[:, None], past_key_values=cache,
                 attention_mask=torch.cat([mask, mask.new_ones(B, 1)], 1), use_cache=True)
     logits = []

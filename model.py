@@ -64,8 +64,7 @@ def tiny_model(name):
 
 
 def load_model(name, device='cpu', trust_remote_code=False):
-    """(model, tokenizer) for a HF hub name, a local HF directory, or 'tiny-gpt2' / 'tiny-llama'.
-    The model comes back in eval mode (a model built from a config starts with dropout on), frozen."""
+    """(model, tokenizer) for a HF hub name, a local HF directory, or 'tiny-gpt2' / 'tiny-llama', frozen."""
     if name in TINY_MODELS:
         model, tokenizer = tiny_model(name), ByteTokenizer()
     else:
@@ -83,8 +82,15 @@ def load_model(name, device='cpu', trust_remote_code=False):
             raise SystemExit(f"could not load model '{name}': not a local model directory, and the hub said "
                              f"'{str(e).splitlines()[0]}'. For the embedded default run `python data/austen/prepare.py`; "
                              f"otherwise pass --model=path/to/hf_dir or a hub name where the hub is reachable")
-    model.to(device).eval().requires_grad_(False)
-    return model, tokenizer
+    return frozen(model, device), tokenizer
+
+
+def frozen(model, device):
+    """The model on `device`, in eval mode (a model built from a config starts with dropout on), frozen."""
+    # logits_to_keep hands the LM head a non-contiguous slice, for which PyTorch falls back to a batched
+    # matmul 2-5x slower than on a contiguous copy (measured: 289 vs 55 ms for [8, 11, 768] on CPU)
+    model.get_output_embeddings().register_forward_pre_hook(lambda module, args: (args[0].contiguous(),))
+    return model.to(device).eval().requires_grad_(False)
 
 
 def blocks(model):

@@ -19,6 +19,8 @@ def test_overrides_and_coercions():
     assert config == s
     configure(s, ['--compile=True', '--wandb_id=abc', '--run_name=None'])
     assert s['compile'] is True and s['wandb_id'] == 'abc' and s['run_name'] is None
+    configure(s, ['--run_name=1e3', '--wandb_id=0x10'])
+    assert s['run_name'] == '1e3' and s['wandb_id'] == '0x10'
 
 
 def test_config_file_applies_and_rejects_typos(tmp_path):

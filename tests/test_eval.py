@@ -7,13 +7,12 @@ import json
 import math
 import re
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import eval as ev
-from conftest import run_script
+from conftest import make_corpus, run_script
 from lens import kl_at_position, kl_div, reconstruction_metrics, top_tokens
 from model import load_model, read_activations
 
@@ -68,7 +67,8 @@ def test_kl_in_batches_sorted_by_position_equals_one_call(monkeypatch):
     acts = read_activations(lm, 1, tokens, pos)
     patch = acts + torch.randn(acts.shape, generator=generator)
     expected, logits_a, logits_r = kl_at_position(lm, 1, tokens, pos, acts, patch)
-    kls, tops = ev.kl_and_tops(tokens, pos, acts, patch)
+    kls, tops = ev.kl_and_tops(tokens, pos, acts, dict(lens=patch, zero=torch.zeros_like(patch)))
+    kls = kls['lens']
     torch.testing.assert_close(kls, expected, rtol=1e-4, atol=1e-6)
     for got, want in zip(tops[5], (top_tokens(tokenizer, logits_a[5]), top_tokens(tokenizer, logits_r[5]))):
         assert [t for t, _ in got] == [t for t, _ in want]
@@ -80,14 +80,7 @@ def run(tmp_path_factory):
     """A random byte corpus, a tiny-gpt2 dump at block 2, a lens trained for 60 iterations, and the
     output of eval.py in both modes."""
     root = tmp_path_factory.mktemp('eval')
-    corpus = root / 'corpus'
-    corpus.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (('train', 6000), ('val', 2000)):
-        tokens = rng.integers(0, 256, n).astype(np.uint16)
-        tokens[rng.integers(0, n, n // 200)] = 256
-        tokens.tofile(corpus / f'{split}.bin')
-    json.dump(dict(tokenizer='bytes', vocab_size=257, eot_id=256, dtype='uint16'), open(corpus / 'meta.json', 'w'))
+    corpus = make_corpus(root / 'corpus')
     out = root / 'out'
     common = ['--model=tiny-gpt2', f'--data_dir={corpus}', f'--out_dir={out}', '--layer=2', '--ctx=32']
     run_script('dump.py', *common, '--num_train_samples=2000', '--num_val_samples=200', '--min_pos=2',
