@@ -133,6 +133,10 @@ elif init_from == 'scratch':
     checkpoint = None
 else:
     raise SystemExit(f"init_from={init_from!r}: use 'scratch' or 'resume'")
+if ddp:  # ranks may start in different seconds: all take rank 0's timestamped name
+    names = [run_name]
+    torch.distributed.broadcast_object_list(names, 0)
+    run_name = names[0]
 run_dir = os.path.join(out_dir, run_name)
 if master:
     os.makedirs(run_dir, exist_ok=True)
