@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from configurator import configure
 from dump import Shards
-from lens import format_sample, kl_at_position, kl_div, load_checkpoint, load_lens, next_token_logits, reconstruction_metrics, top_tokens
+from lens import (format_sample, kl_at_position, kl_div, load_checkpoint, load_lens, newest_run, next_token_logits,
+                  reconstruction_metrics, top_tokens)
 from model import autocast, load_model, max_context, read_activations
 
 # -----------------------------------------------------------------------------
@@ -70,15 +71,13 @@ def find_checkpoint():
     """--ckpt, else best.pt (or ckpt.pt) of run_name, else of the run in out_dir saved most recently."""
     if ckpt:
         return ckpt
-    runs = [run_name] if run_name else sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
-    found = [[p for p in (os.path.join(out_dir, r, 'best.pt'), os.path.join(out_dir, r, 'ckpt.pt')) if os.path.exists(p)]
-             for r in runs]
-    found = [files for files in found if files]
-    if not found:
-        where = os.path.join(out_dir, run_name) if run_name else out_dir
-        raise SystemExit(f"no checkpoint (best.pt or ckpt.pt) in {where}: train one with `python train.py <config>`, "
-                         f"or pass --ckpt=path/to/best.pt")
-    return max(found, key=lambda files: max(map(os.path.getmtime, files)))[0]
+    run = run_name or newest_run(out_dir, ['best.pt', 'ckpt.pt'])
+    for name in ('best.pt', 'ckpt.pt'):
+        if run and os.path.exists(os.path.join(out_dir, run, name)):
+            return os.path.join(out_dir, run, name)
+    where = os.path.join(out_dir, run_name) if run_name else out_dir
+    raise SystemExit(f"no checkpoint (best.pt or ckpt.pt) in {where}: train one with `python train.py <config>`, "
+                     f"or pass --ckpt=path/to/best.pt")
 
 
 def nll(lm, prefix, ids):

@@ -256,6 +256,13 @@ def load_checkpoint(path):
     return torch.load(path, map_location='cpu', weights_only=True)
 
 
+def newest_run(out_dir, files):
+    """The run folder in out_dir that saved one of `files` most recently, or '' when none did."""
+    saved = [(os.path.getmtime(path), run) for run in (os.listdir(out_dir) if os.path.isdir(out_dir) else [])
+             for path in (os.path.join(out_dir, run, f) for f in files) if os.path.exists(path)]
+    return max(saved, default=(0, ''))[1]
+
+
 def load_lens(checkpoint, lm, tokenizer):
     """The trained lens of a checkpoint (from load_checkpoint) on the frozen LM `lm`."""
     lens = Lens(LensConfig(**checkpoint['lens_config']), lm, tokenizer)

@@ -21,7 +21,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
 from dump import Shards
-from lens import Lens, LensConfig, format_sample, kl_div, load_checkpoint, next_token_logits, reconstruction_metrics
+from lens import (Lens, LensConfig, format_sample, kl_div, load_checkpoint, newest_run, next_token_logits,
+                  reconstruction_metrics)
 from model import autocast, load_model
 
 # -----------------------------------------------------------------------------
@@ -119,9 +120,7 @@ if periodic_eval_samples > len(val_data):
 
 # the run folder and its checkpoint
 if init_from == 'resume':
-    if not run_name:
-        runs = [d for d in os.listdir(out_dir) if os.path.exists(os.path.join(out_dir, d, 'ckpt.pt'))]
-        run_name = max(runs, key=lambda d: os.path.getmtime(os.path.join(out_dir, d, 'ckpt.pt')), default='')
+    run_name = run_name or newest_run(out_dir, ['ckpt.pt'])
     ckpt_path = os.path.join(out_dir, run_name, 'ckpt.pt')
     if not run_name or not os.path.exists(ckpt_path):
         raise SystemExit(f"init_from='resume' but there is no checkpoint {ckpt_path if run_name else 'in ' + out_dir}: "
