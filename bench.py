@@ -43,7 +43,7 @@ dtype = 'float32'  # autocast dtype on CUDA: bfloat16 is the fast choice
 trust_remote_code = False
 batch_size = 8
 t_text = 8
-encoder_layer = 15
+encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 decoder_prompt = '<|endoftext|>Short explanation of <embed>:'
 encoder_prompt = '<|endoftext|>Summary of the text: <text>'
 compile = False  # torch.compile the lens, as train.py does (the time split is then not available)
@@ -54,6 +54,7 @@ num_steps = 5  # timed steps
 compare_naive = False  # also time the straightforward path and check its losses equal the fast path's
 # -----------------------------------------------------------------------------
 configure(globals())
+encoder_layer = layer if encoder_layer == -1 else encoder_layer
 
 PEAK_FLOPS = {'H100 PCIe': 756e12, 'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # bf16 dense, first match wins
 WEIGHTS = dict(w_kl=1.0, w_lm=1.0, w_entropy=0.01, w_mse=0.0)  # every loss term in the graph (alpha fully ramped)

@@ -15,6 +15,7 @@ A shard exists for readers only once meta.json lists it, and every file is writt
 name and renamed, so a killed dump re-run picks up where it stopped and never writes a shard twice.
 """
 import fcntl
+import functools
 import json
 import math
 import os
@@ -98,6 +99,22 @@ def check_same_dump(found, wanted, folder):
         want = ', '.join(f'{k}={wanted[k]!r}' for k in diff)
         raise SystemExit(f"{folder} holds a dump made with {have}, but this run asks for {want}: "
                          f"use another out_dir, or delete {folder} to dump again")
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(seed, epoch, n):
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(seed, n, batch_size, it, micro_step=0, rank=0, world=1, accumulation=1):
+    """The samples (of n) that a rank takes at optimizer step `it`, micro-step `micro_step`. The training
+    stream is one seeded permutation of all n per epoch, and step `it` takes its positions
+    [it * batch_size, (it + 1) * batch_size), split over micro-steps and ranks: every sample is drawn
+    exactly once per epoch, wherever a batch crosses an epoch's end."""
+    micro_batch = batch_size // (world * accumulation)
+    start = it * batch_size + (micro_step * world + rank) * micro_batch
+    epochs, offsets = np.divmod(np.arange(start, start + micro_batch), n)
+    return np.array([epoch_permutation(seed, e, n)[o] for e, o in zip(epochs.tolist(), offsets.tolist())])
 
 
 class Shards:

@@ -15,7 +15,6 @@ Both sides run the frozen LM's own weights (or, after unfreezing, their own trai
 frozen LM that defines the KL is never trained and is not a submodule, so DDP, state_dict and the
 optimizer only ever see the lens's trainable parameters.
 """
-import copy
 import os
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from model import block_output, blocks, check_layer, embed, patched
+from model import block_output, blocks, check_layer, embed, patched, trainable_copy
 
 TAU_FLOOR = 0.1  # below this the Gumbel-softmax gradient becomes too spiky to learn from
 
@@ -32,13 +31,15 @@ TAU_FLOOR = 0.1  # below this the Gumbel-softmax gradient becomes too spiky to l
 @dataclass
 class LensConfig:
     layer: int = 15  # block whose output A is explained and patched
-    encoder_layer: int = 15  # block K whose output at the last position the encoder reads
+    encoder_layer: int = -1  # block K whose output at the last position the encoder reads; -1: the same block as layer
     t_text: int = 10  # explanation length in tokens
     decoder_prompt: str = '<|endoftext|>Short explanation of <embed>:'  # <embed> marks A's slot
     encoder_prompt: str = '<|endoftext|>Summary of the text: <text>'  # <text> marks where the words go
     patch_first_k: int = 0  # also overwrite the slot at the input of the first k blocks
 
     def __post_init__(self):
+        if self.encoder_layer == -1:
+            self.encoder_layer = self.layer
         if self.decoder_prompt.count('<embed>') != 1:
             raise SystemExit(f"decoder_prompt {self.decoder_prompt!r} must contain '<embed>' exactly once: "
                              f"it marks where the activation goes, e.g. 'Short explanation of <embed>:'")
@@ -108,9 +109,8 @@ class WithLM(nn.Module):
     def lm(self):
         return self.frozen_lm if self.lm_copy is None else self.lm_copy
 
-    def unfreeze(self):
-        # copy.deepcopy also copies hooks: only model.frozen's LM-head hook is live, and the copy wants it too
-        self.lm_copy = copy.deepcopy(self.frozen_lm).requires_grad_(True)
+    def unfreeze(self, last_block=None):
+        self.lm_copy = trainable_copy(self.frozen_lm, last_block)
 
 
 class Decoder(WithLM):
@@ -170,6 +170,9 @@ class Encoder(WithLM):
         self.prompt_prefix = prompt_parameter(lm, tokenizer, prefix)
         self.prompt_postfix = prompt_parameter(lm, tokenizer, postfix)
         self.proj = identity_linear(lm.get_input_embeddings().embedding_dim)
+
+    def unfreeze(self):
+        super().unfreeze(last_block=self.layer)
 
     def forward(self, text):
         """Â from the explanation: `text` is one-hot rows [B, T, V] (gradients flow) or token ids [B, T]."""

@@ -8,6 +8,7 @@ the final norm applied, so we never read activations through hidden_states: a fo
 block L gives its output exactly, for every architecture.
 """
 import contextlib
+import copy
 import os
 
 import torch
@@ -102,6 +103,25 @@ def blocks(model):
         if isinstance(module, torch.nn.ModuleList):
             return module
     raise SystemExit(f"cannot find the transformer blocks of {type(model).__name__}: add its path to BLOCK_PATHS in model.py")
+
+
+def trainable_copy(model, last_block=None):
+    """A trainable fp32 copy of the LM. With last_block, only what a forward stopped after that block
+    runs: the later blocks are dropped, and the final norm and the LM head (the modules registered after
+    the block list, by HF's convention) stay frozen, so DDP sees no parameter without a gradient."""
+    # copy.deepcopy also copies hooks: only frozen()'s LM-head hook is live here, and the copy wants it too
+    model = copy.deepcopy(model).float().requires_grad_(True)
+    if last_block is not None:
+        block_list = blocks(model)
+        del block_list[last_block + 1:]
+        parent = next(m for m in model.modules() if any(c is block_list for c in m.children()))
+        after = list(parent.children())
+        after = after[next(i for i, c in enumerate(after) if c is block_list) + 1:] + [model.get_output_embeddings()]
+        used = {id(p) for p in model.get_input_embeddings().parameters()}
+        for module in after:
+            for p in module.parameters():
+                p.requires_grad_(id(p) in used)
+    return model
 
 
 def max_context(model):

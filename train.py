@@ -20,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure
-from dump import Shards
+from dump import Shards, batch_indices
 from lens import (Lens, LensConfig, format_sample, kl_div, load_checkpoint, newest_run, next_token_logits,
                   reconstruction_metrics)
 from model import autocast, load_model
@@ -44,7 +44,7 @@ batch_size = 8  # samples per optimizer step, over all ranks and accumulation st
 gradient_accumulation_steps = 1
 compile = False
 # lens
-encoder_layer = 15  # block the encoder reads; the original uses the same depth as layer
+encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 t_text = 8
 decoder_prompt = '<|endoftext|>Short explanation of <embed>:'
 encoder_prompt = '<|endoftext|>Summary of the text: <text>'
@@ -149,12 +149,15 @@ if checkpoint and checkpoint['unfrozen']:
     lens.unfreeze()
 
 
+def lm_copy_parameters(lens):
+    return [p for n, p in lens.named_parameters() if '.lm_copy.' in n and p.requires_grad]
+
+
 def make_optimizer():
     """AdamW with a group for the lens's own maps and prompts and, once unfrozen, one for the LM copies."""
     groups = [dict(params=[p for n, p in lens.named_parameters() if '.lm_copy.' not in n], lr_mult=1.0, weight_decay=0.0)]
-    copies = [p for n, p in lens.named_parameters() if '.lm_copy.' in n]
-    if copies:
-        groups.append(dict(params=copies, lr_mult=lm_lr_mult, weight_decay=weight_decay))
+    if lm_copy_parameters(lens):
+        groups.append(dict(params=lm_copy_parameters(lens), lr_mult=lm_lr_mult, weight_decay=weight_decay))
     fused = device.startswith('cuda')
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=fused)
 
@@ -203,19 +206,8 @@ def get_w_entropy(it):
     return w_entropy * max(0.0, 1 - it / entropy_decay_iters) if entropy_decay_iters > 0 else w_entropy
 
 
-# data: the global stream is one seeded permutation of the train split per epoch; optimizer step `it`
-# takes samples [it * batch_size, (it + 1) * batch_size) of it, split over micro-steps and ranks
-permutations = {}
-
-
 def get_batch(it, micro_step):
-    start = it * batch_size + (micro_step * world + rank) * micro_batch
-    stream = np.arange(start, start + micro_batch)
-    epochs, offsets = np.divmod(stream, len(train_data))
-    for epoch in set(epochs.tolist()) - set(permutations):
-        permutations.clear()
-        permutations[epoch] = np.random.default_rng([seed, epoch]).permutation(len(train_data))
-    index = np.array([permutations[e][o] for e, o in zip(epochs, offsets)])
+    index = batch_indices(seed, len(train_data), batch_size, it, micro_step, rank, world, gradient_accumulation_steps)
     return [t.to(device, non_blocking=True) for t in train_data.get(index)]
 
 
@@ -275,7 +267,7 @@ while True:
     last_step = iter_num == max_iters
     if iter_num == unfreeze_at and raw_lens.decoder.lm_copy is None:
         raw_lens.unfreeze()
-        optimizer.add_param_group(dict(params=[p for n, p in raw_lens.named_parameters() if '.lm_copy.' in n],
+        optimizer.add_param_group(dict(params=lm_copy_parameters(raw_lens),
                                        lr_mult=lm_lr_mult, weight_decay=weight_decay))
         lens = wrap(raw_lens)
         print0(f"iter {iter_num}: unfroze the decoder's and encoder's copies of the LM (lr x {lm_lr_mult})")
@@ -301,10 +293,10 @@ while True:
     lr, tau, alpha, w_ent = get_lr(iter_num), get_tau(iter_num), get_alpha(iter_num), get_w_entropy(iter_num)
     for group in optimizer.param_groups:
         group['lr'] = lr * group['lr_mult']
-    reseed(rank, iter_num)
     t_step = time.time()
     parts = {}
     for micro_step in range(gradient_accumulation_steps):
+        reseed(iter_num, micro_step * world + rank)  # the noise follows the sample: 2 ranks equal 1 rank x 2 micro-steps
         acts, tokens, pos = get_batch(iter_num, micro_step)
         if ddp:
             lens.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1

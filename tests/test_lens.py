@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lens import Lens, LensConfig, kl_at_position, kl_div
-from model import TINY_MODELS, load_model, patched, read_activations
+from model import TINY_MODELS, blocks, load_model, patched, read_activations
 
 LAYER = 1
 
@@ -31,7 +31,7 @@ def test_cheap_kl_equals_the_naive_patched_forward(name):
     naive_grad, = torch.autograd.grad(naive.sum(), recon)
     assert naive.min() > 1e-4, 'the perturbation should move the prediction'
     torch.testing.assert_close(kl, naive, rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(grad, naive_grad, rtol=1e-4, atol=1e-5 * naive_grad.abs().max().item())
+    torch.testing.assert_close(grad, naive_grad, rtol=1e-4, atol=1e-4 * naive_grad.abs().max().item())  # fp32 sums in another order
 
 
 @pytest.mark.parametrize('name', TINY_MODELS)
@@ -68,14 +68,20 @@ def test_training_on_a_fixed_batch_halves_the_kl():
     assert greedy_kl() < start / 2
 
 
-def test_unfreeze_gives_each_side_its_own_trainable_copy():
-    lm, tokenizer = load_model('tiny-llama')
-    lens = Lens(LensConfig(layer=LAYER, encoder_layer=LAYER, t_text=2), lm, tokenizer)
-    frozen = sum(p.numel() for p in lens.parameters())
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_unfreeze_copies_what_each_side_runs_and_every_copied_parameter_learns(name):
+    lm, tokenizer = load_model(name)
+    acts, tokens, pos = batch(lm)
+    lens = Lens(LensConfig(layer=LAYER, t_text=2), lm, tokenizer)
     lens.unfreeze()
-    total = sum(p.numel() for p in lens.parameters())
-    assert total == frozen + 2 * sum(p.numel() for p in lm.parameters())
     assert lens.decoder.lm is not lm and lens.encoder.lm is not lens.decoder.lm and lens.lm is lm
+    assert len(blocks(lens.decoder.lm)) == len(blocks(lm)) and len(blocks(lens.encoder.lm)) == LAYER + 1
+    lens(acts, tokens, pos, w_lm=1.0)['loss'].backward()
+    trainable = [(n, p) for n, p in lens.named_parameters() if p.requires_grad]
+    assert sum(p.numel() for n, p in trainable if 'decoder.lm_copy.' in n) == sum(p.numel() for p in lm.parameters())
+    for n, p in trainable:  # DDP fails on a trainable parameter that gets no gradient
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+    assert not any(p.requires_grad for p in lm.parameters())
 
 
 @pytest.mark.parametrize('change, message', [
@@ -83,7 +89,7 @@ def test_unfreeze_gives_each_side_its_own_trainable_copy():
     (dict(encoder_prompt='Summary:'), "must contain '<text>' exactly once"),
     (dict(t_text=0), 't_text=0: an explanation needs at least one token'),
     (dict(layer=9), 'layer=9 is out of range: this model has blocks 0..3'),
-    (dict(encoder_layer=-1), 'encoder_layer=-1 is out of range'),
+    (dict(encoder_layer=-2), 'encoder_layer=-2 is out of range'),
 ])
 def test_bad_lens_settings(change, message):
     lm, tokenizer = load_model('tiny-gpt2')

@@ -59,13 +59,18 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(shards):
     assert any((whole[k] - torch.eye(len(whole[k]))).abs().max() > 1e-4 for k in whole if k.endswith('proj.weight'))
 
 
-def test_two_ranks_train_identical_parameters(shards):
+def test_two_ranks_equal_one_rank_with_two_micro_steps_through_unfreezing(shards):
+    settings = TRAIN | dict(out_dir=shards, max_iters=4, unfreeze_at=2)
     proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-                           'train.py', *args(TRAIN | dict(out_dir=shards, run_name='ddp', max_iters=4))],
+                           'train.py', *args(settings | dict(run_name='ddp'))],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert '(2 ranks x 1 accumulation x 2)' in proc.stdout
-    assert 'max parameter difference across 2 ranks: 0' in proc.stdout
+    assert '(2 ranks x 1 accumulation x 2)' in proc.stdout and 'iter 2: unfroze' in proc.stdout
+    train(shards, 'accumulated', **settings | dict(gradient_accumulation_steps=2))
+    two_ranks, accumulated = final_params(shards, 'ddp'), final_params(shards, 'accumulated')
+    assert two_ranks.keys() == accumulated.keys()
+    for key in two_ranks:
+        torch.testing.assert_close(two_ranks[key], accumulated[key], rtol=0, atol=2e-5)
 
 
 def test_unfreeze_at_trains_the_lm_copies_from_that_iteration(shards):
