@@ -18,18 +18,18 @@ On a CPU shared with another job, run with OMP_NUM_THREADS=1: two threads conten
 make every small op wait at a barrier (a [8, 50257] fill took 5.4 ms instead of 0.03 ms, a step 35 s
 instead of 5.5 s).
 """
+import functools
 import resource
 import time
+from dataclasses import fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from configurator import configure
 from dump import Shards
-from lens import TAU_FLOOR, Lens, LensConfig, batch_cat, cosine, entropy, fve, kl_at_position, kl_div
-from model import (ByteTokenizer, autocast, frozen, block_tensor, blocks, check_layer, embed, load_model, max_context,
-                   patched, read_activations)
+from lens import Lens, LensConfig
+from model import ByteTokenizer, blocks, check_layer, frozen, load_model, max_context, pick_dtype, read_activations
 
 # -----------------------------------------------------------------------------
 # the keys shared with train.py, with its defaults
@@ -39,7 +39,7 @@ layer = 15
 ctx = 64
 seed = 1337
 device = 'cpu'
-dtype = 'float32'  # autocast dtype on CUDA: bfloat16 is the fast choice
+dtype = 'auto'  # the frozen LM's storage: 'auto' is bfloat16 on CUDA and on CPUs with bf16 units, else 'float32'
 trust_remote_code = False
 batch_size = 8
 t_text = 8
@@ -54,6 +54,7 @@ num_steps = 5  # timed steps
 compare_naive = False  # also time the straightforward path and check its losses equal the fast path's
 # -----------------------------------------------------------------------------
 configure(globals())
+dtype = pick_dtype(dtype, device)
 encoder_layer = layer if encoder_layer == -1 else encoder_layer
 
 PEAK_FLOPS = {'H100 PCIe': 756e12, 'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # bf16 dense, first match wins
@@ -76,12 +77,12 @@ def sync():
 
 def load():
     if model != 'gpt2-small-random':
-        return load_model(model, device, trust_remote_code)
+        return load_model(model, device, trust_remote_code, dtype)
     from transformers import GPT2Config, GPT2LMHeadModel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         lm = GPT2LMHeadModel(GPT2Config())  # 12 blocks, d 768, vocab 50257; byte ids (< 257) are valid ids
-    return frozen(lm, device), ByteTokenizer()
+    return frozen(lm, device, dtype), ByteTokenizer()
 
 
 def make_batches(lm, n):
@@ -98,70 +99,9 @@ def make_batches(lm, n):
     for _ in range(n):
         tokens = torch.randint(lm.config.get_text_config().vocab_size, (batch_size, ctx), generator=gen).to(device)
         pos = torch.randint(min(8, ctx - 1), ctx, (batch_size,), generator=gen).to(device)
-        with torch.no_grad(), autocast(device, dtype):
+        with torch.no_grad():
             batches.append([read_activations(lm, layer, tokens, pos).float(), tokens, pos])
     return batches
-
-
-def losses(acts, recon, kl, base_logits, dec_logits):
-    """The loss dict of Lens.forward, from its pieces."""
-    fluency, ent = kl_div(base_logits, dec_logits).mean(), entropy(dec_logits).mean()
-    mse = (recon.float() - acts.float()).pow(2).mean()
-    loss = WEIGHTS['w_kl'] * kl.mean() + WEIGHTS['w_lm'] * fluency - WEIGHTS['w_entropy'] * ent + WEIGHTS['w_mse'] * mse
-    return dict(loss=loss, kl=kl.mean(), lm=fluency, entropy=ent, mse=mse,
-                fve=fve(recon.detach().float(), acts.float()), cos=cosine(recon.detach(), acts).mean())
-
-
-def fast_forward(lens, acts, tokens, pos, tick):
-    """lens.Lens.forward cut into its parts so each can be timed; checked equal to it at start-up."""
-    one_hot, dec_logits, ids = lens.decoder(acts, TAU)
-    tick('decoder')
-    recon = lens.encoder(one_hot)
-    tick('encoder')
-    kl, _, _ = kl_at_position(lens.lm, layer, tokens, pos, acts, recon)
-    tick('kl')
-    with torch.no_grad():
-        natural = lens.natural_prefix[None].expand(len(ids), -1)
-        base_logits = lens.lm(input_ids=torch.cat([natural, ids], 1), logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
-    tick('fluency')
-    return losses(acts, recon, kl, base_logits, dec_logits)
-
-
-def naive_forward(lens, acts, tokens, pos, tick):
-    """The same losses computed the straightforward way, as the original paid for them."""
-    lm, dec, enc, B = lens.lm, lens.decoder, lens.encoder, len(acts)
-    # decoder: the whole sequence again for every token, no KV cache
-    sequence = batch_cat(B, dec.prompt_left, dec.proj(acts)[:, None], dec.prompt_right)
-    one_hots, dec_logits = [], []
-    for t in range(t_text):
-        logits = lm(inputs_embeds=sequence).logits[:, -1]
-        dec_logits.append(logits)
-        one_hots.append(F.gumbel_softmax(logits.float(), tau=max(TAU, TAU_FLOOR), hard=True))  # same noise draws
-        if t < t_text - 1:
-            sequence = torch.cat([sequence, embed(lm, one_hots[-1])[:, None]], 1)
-    one_hot, dec_logits = torch.stack(one_hots, 1), torch.stack(dec_logits, 1)
-    tick('decoder')
-    # encoder: every block and the LM head, block K's output captured by a hook
-    captured = []
-    handle = blocks(lm)[encoder_layer].register_forward_hook(lambda m, a, out: captured.append(block_tensor(out)))
-    try:
-        lm(inputs_embeds=batch_cat(B, enc.prompt_prefix, embed(lm, one_hot), enc.prompt_postfix))
-    finally:
-        handle.remove()
-    recon = enc.proj(captured[0][:, -1])
-    tick('encoder')
-    # KL: two full-window forwards, A and then Â patched at (layer, p), read at p
-    rows = torch.arange(B, device=tokens.device)
-    with torch.no_grad(), patched(lm, layer, pos, acts):
-        logits_a = lm(input_ids=tokens).logits[rows, pos]
-    with patched(lm, layer, pos, recon):
-        logits_recon = lm(input_ids=tokens).logits[rows, pos]
-    tick('kl')
-    with torch.no_grad():
-        natural = lens.natural_prefix[None].expand(B, -1)
-        base_logits = lm(input_ids=torch.cat([natural, one_hot.argmax(-1)], 1)).logits[:, len(lens.natural_prefix) - 1:-1]
-    tick('fluency')
-    return losses(acts, recon, kl_div(logits_a, logits_recon), base_logits, dec_logits)
 
 
 def step_flops(lm, lens, pos, naive):
@@ -206,8 +146,17 @@ def step_flops(lm, lens, pos, naive):
 
 
 def peak_flops():
+    """The GPU's bf16 dense peak from PEAK_FLOPS; on a CPU, what a 2048^3 matmul in the LM's dtype reaches
+    here (no table knows every CPU, and a measured peak also counts the threads this run has)."""
     if not cuda:
-        return None
+        a = torch.randn(2048, 2048, dtype=getattr(torch, dtype))
+        a @ a
+        t0 = time.perf_counter()
+        for _ in range(5):
+            a @ a
+        peak = 5 * 2 * 2048 ** 3 / (time.perf_counter() - t0)
+        print(f"\nCPU peak, measured: a 2048^3 {dtype} matmul runs at {peak / 1e9:.0f} GFLOP/s")
+        return peak
     name = torch.cuda.get_device_name(device)
     peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
     if peak is None:
@@ -216,77 +165,66 @@ def peak_flops():
 
 
 def run_train(lm, tokenizer):
-    check_layer(lm, encoder_layer, 'encoder_layer')
-    cfg = LensConfig(layer=layer, encoder_layer=encoder_layer, t_text=t_text, decoder_prompt=decoder_prompt,
-                     encoder_prompt=encoder_prompt)
+    """Time train.py's step (Lens.forward, backward, grad clip, AdamW) and, with compare_naive, the
+    straightforward reference of tests/naive_lens.py on the same batches and Gumbel noise. The time
+    split comes from one extra profiled step (the profiler's own overhead kept out of the timings)."""
+    cfg = LensConfig(**{f.name: globals()[f.name] for f in fields(LensConfig) if f.name in globals()})
     batches = make_batches(lm, warmup_steps + num_steps)
     paths = ['fast', 'naive'] if compare_naive else ['fast']
     lenses = {path: Lens(cfg, lm, tokenizer).to(device) for path in paths}  # identical inits
+    for lens in lenses.values():
+        lens.stats.set(torch.cat([acts for acts, _, _ in batches]))
     optimizers = {path: torch.optim.AdamW(lenses[path].parameters(), lr=1e-3, weight_decay=0.0, fused=cuda) for path in paths}
-    compiled = torch.compile(lenses['fast']) if compile else None
-    # the timed fast step runs fast_forward, not Lens.forward: make sure they are still the same computation
-    acts, tokens, pos = batches[0]
-    with torch.no_grad(), autocast(device, dtype):
-        torch.manual_seed(seed)
-        want = lenses['fast'](acts, tokens, pos, tau=TAU, **WEIGHTS)['loss']
-        torch.manual_seed(seed)
-        got = fast_forward(lenses['fast'], acts, tokens, pos, lambda part: None)['loss']
-    if not torch.allclose(want, got, rtol=1e-4):
-        raise SystemExit(f"bench.py's fast_forward gives loss {got.item()} but lens.Lens.forward {want.item()}: "
-                         f"lens.py changed, update fast_forward in bench.py to match")
+    forwards = {'fast': torch.compile(lenses['fast']) if compile else lenses['fast']}
+    if compare_naive:
+        from tests.naive_lens import naive_forward
+        forwards['naive'] = functools.partial(naive_forward, lenses['naive'])
 
-    times = {path: {} for path in paths}
-    flops = {path: {} for path in paths}
-    outs, peak_mem = {path: [] for path in paths}, {}
-    for step, (acts, tokens, pos) in enumerate(batches):
+    def step(path, acts, tokens, pos, seed_offset):
+        torch.manual_seed(seed + seed_offset)  # the same Gumbel noise for both paths
+        out = forwards[path](acts, tokens, pos, tau=TAU, **WEIGHTS)
+        out['loss'].backward()
+        torch.nn.utils.clip_grad_norm_(lenses[path].parameters(), 1.0)
+        optimizers[path].step()
+        optimizers[path].zero_grad(set_to_none=True)
+        return {k: v.item() for k, v in out.items()}
+
+    seconds, outs, peak_mem = {path: 0.0 for path in paths}, {path: [] for path in paths}, {}
+    for i, (acts, tokens, pos) in enumerate(batches):
         for path in paths:  # interleaved, so both paths see the same load on a shared machine
-            lens, timed = lenses[path], step >= warmup_steps
-            last = [time.perf_counter()]
-
-            def tick(part):
-                sync()
-                now = time.perf_counter()
-                if timed:
-                    times[path][part] = times[path].get(part, 0.0) + now - last[0]
-                last[0] = now
-
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            torch.manual_seed(seed + step)  # the same Gumbel noise for both paths
-            with autocast(device, dtype):
-                if compiled is not None and path == 'fast':
-                    out = compiled(acts, tokens, pos, tau=TAU, **WEIGHTS)
-                    tick('forward (compiled)')
-                else:
-                    out = (naive_forward if path == 'naive' else fast_forward)(lens, acts, tokens, pos, tick)
-            out['loss'].backward()
-            tick('backward')
-            torch.nn.utils.clip_grad_norm_(lens.parameters(), 1.0)
-            optimizers[path].step()
-            optimizers[path].zero_grad(set_to_none=True)
-            tick('optimizer')
-            outs[path].append({k: v.item() for k, v in out.items()})
-            if timed:
-                for part, fl in step_flops(lm, lens, pos, path == 'naive').items():
-                    part = 'forward (compiled)' if compiled is not None and path == 'fast' and part != 'backward' else part
-                    flops[path][part] = flops[path].get(part, 0) + fl
+            sync()
+            t0 = time.perf_counter()
+            outs[path].append(step(path, acts, tokens, pos, i))
+            sync()
+            if i >= warmup_steps:
+                seconds[path] += time.perf_counter() - t0
             peak_mem[path] = max(peak_mem.get(path, 0), torch.cuda.max_memory_allocated(device) if cuda else 0)
+    split = {}
+    if not compile:
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+        with torch.profiler.profile(activities=activities) as profile:
+            step('fast', *batches[-1], len(batches))
+        events = {e.key: e for e in profile.key_averages() if e.key.startswith('lens.')}
+        split = {k[5:]: (e.device_time_total if cuda else e.cpu_time_total) / 1e6 for k, e in events.items()}
 
     peak, rate = peak_flops(), {}
     for path in paths:
-        total = sum(times[path].values())
-        rate[path] = batch_size * num_steps / total
+        rate[path] = batch_size * num_steps / seconds[path]
         memory = (f"peak CUDA memory {peak_mem[path] / 2**20:.0f} MiB" if cuda else
                   f"peak RSS of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        flops = step_flops(lm, lenses[path], batches[-1][2], path == 'naive')
+        achieved = sum(flops.values()) * num_steps / seconds[path]
         print(f"\n{path} path: {rate[path]:.2f} samples/s, {rate[path] * t_text:.1f} explanation tokens/s, "
-              f"{total / num_steps * 1000:.0f} ms/step, {memory}")
-        print(f"  {'part':<20}{'ms/step':>9}{'%':>6}{'GFLOP/sample':>14}")
-        for part, seconds in times[path].items():
-            print(f"  {part:<20}{seconds / num_steps * 1000:>9.0f}{100 * seconds / total:>6.1f}"
-                  f"{flops[path].get(part, 0) / (batch_size * num_steps) / 1e9:>14.2f}")
-        achieved = sum(flops[path].values()) / total
-        print(f"  MFU {100 * achieved / peak:.1f}% ({achieved / 1e12:.1f} TFLOP/s of {peak / 1e12:.0f})" if peak else
-              f"  achieved {achieved / 1e9:.1f} GFLOP/s" + ('' if cuda else ' (CPU: no peak table, so no MFU)'))
+              f"{seconds[path] / num_steps * 1000:.0f} ms/step, {memory}")
+        if path == 'fast' and split:
+            total = sum(split.values())
+            print(f"  time split of one profiled step (forward parts; backward and optimizer are the rest):")
+            for part, part_seconds in split.items():
+                print(f"  {part:<12}{part_seconds * 1000:>9.0f} ms  {flops.get(part, 0) / batch_size / 1e9:>8.2f} GFLOP/sample")
+        print(f"  {achieved / 1e9:.1f} GFLOP/s achieved" + (f", {100 * achieved / peak:.1f}% of the peak ({'MFU' if cuda else 'utilisation'})"
+                                                           if peak else ''))
     if compare_naive:
         diff = max(abs(f[k] - n[k]) / max(abs(f[k]), abs(n[k]), 1e-8)
                    for f, n in zip(outs['fast'], outs['naive']) for k in f)
@@ -300,7 +238,7 @@ def run_dump(lm):
     times, diff = {'early exit': 0.0, 'full forward': 0.0}, 0.0
     for step, (_, tokens, pos) in enumerate(make_batches(lm, warmup_steps + num_steps)):
         rows = torch.arange(len(tokens), device=tokens.device)
-        with torch.no_grad(), autocast(device, dtype):
+        with torch.no_grad():
             t0 = time.perf_counter()
             early = read_activations(lm, layer, tokens, pos)
             sync()

@@ -44,7 +44,12 @@ def sibling_keys():
 
 
 def check_known(key, own, where):
-    if key in own or key in sibling_keys():
+    if key in own:
+        return
+    if key in sibling_keys():
+        if where == 'the command line':
+            users = [name for name in SCRIPTS if key in script_settings(os.path.join(ROOT, name))]
+            print(f"config: --{key} is a setting of {' and '.join(users)}, not of {os.path.basename(sys.argv[0])}: ignored here")
         return
     near = difflib.get_close_matches(key, sorted(own | sibling_keys()), n=1)
     hint = f" (did you mean '{near[0]}'?)" if near else ''
@@ -71,6 +76,21 @@ def coerce(key, value, default):
         return value
     raise SystemExit(f"config error: {key}={value!r} is not a valid {expected.__name__} "
                      f"(the default is {default!r})")
+
+
+def given_keys(argv=None):
+    """The keys that the config files and --key=value arguments of argv (default sys.argv[1:]) set; the
+    others keep the script's defaults. Lets a script take a setting from a dump or a checkpoint unless
+    the user chose it."""
+    keys = set()
+    for arg in sys.argv[1:] if argv is None else argv:
+        if arg.startswith('--'):
+            keys.add(arg[2:].partition('=')[0])
+        elif os.path.exists(arg):
+            scope = {}
+            exec(open(arg).read(), scope)
+            keys |= {k for k, v in scope.items() if not k.startswith('_') and type(v).__name__ != 'module'}
+    return keys
 
 
 def parse_literal(text):

@@ -36,7 +36,7 @@ num_train_samples = 20000
 num_val_samples = 1000
 seed = 1337
 device = 'cpu'  # 'cpu', 'cuda', 'cuda:1'; under torchrun 'cuda' means this rank's GPU
-dtype = 'float32'  # compute dtype on CUDA: float32, bfloat16 or float16
+dtype = 'auto'  # the frozen LM's storage: 'auto' is bfloat16 on CUDA and on CPUs with bf16 units, else 'float32'
 trust_remote_code = False
 # dump only
 dump_batch_size = 32  # windows per forward
@@ -92,8 +92,15 @@ def update_meta(folder, change):
         return meta
 
 
+def same_setting(a, b):
+    """Equal settings, with paths compared normalised: './assets/smollm2-135m/' is 'assets/smollm2-135m'."""
+    if isinstance(a, str) and isinstance(b, str):
+        return os.path.normpath(a) == os.path.normpath(b)
+    return a == b
+
+
 def check_same_dump(found, wanted, folder):
-    diff = [k for k in FORMAT_KEYS if found.get(k) != wanted[k]]
+    diff = [k for k in FORMAT_KEYS if not same_setting(found.get(k), wanted[k])]
     if diff:
         have = ', '.join(f'{k}={found.get(k)!r}' for k in diff)
         want = ', '.join(f'{k}={wanted[k]!r}' for k in diff)
@@ -121,13 +128,14 @@ class Shards:
     """The activation shards of one split, read through numpy memmaps, in sample order."""
 
     def __init__(self, out_dir, split, **expect):
+        """expect: settings (model, layer, ctx) the dump must have been made with; a mismatch is an error."""
         folder = split_dir(out_dir, split)
         path = os.path.join(folder, 'meta.json')
         if not os.path.exists(path):
             raise SystemExit(f"no activation shards in {folder}: run `python dump.py <config>` first")
         self.meta = meta = json.load(open(path))
         for key, value in expect.items():
-            if meta[key] != value:
+            if not same_setting(meta[key], value):
                 raise SystemExit(f"the shards in {folder} were dumped with {key}={meta[key]!r}, but this run has "
                                  f"{key}={value!r}: point out_dir at a dump for this {key}, or run dump.py again")
         done = sum(s['n'] for s in meta['shards'])
@@ -179,15 +187,17 @@ class Shards:
 
 if __name__ == '__main__':
     from configurator import configure
-    from model import autocast, check_layer, load_model, max_context, read_activations
+    from model import check_layer, load_model, max_context, pick_dtype, read_activations
     config = configure(globals())
+    dtype = pick_dtype(dtype, device)
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
     if world > 1:
-        torch.distributed.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
-        if device == 'cuda':
+        if device.startswith('cuda'):  # each rank on its own GPU (also for --device=cuda:0), set before NCCL starts
             device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
     corpora = {split: read_tokens(data_dir, split) for split in SPLITS}
-    lm, tokenizer = load_model(model, device, trust_remote_code)
+    lm, tokenizer = load_model(model, device, trust_remote_code, dtype)
     check_layer(lm, layer)
     if ctx > max_context(lm):
         raise SystemExit(f"ctx={ctx} is longer than the model's context of {max_context(lm)} tokens: lower --ctx")
@@ -198,7 +208,7 @@ if __name__ == '__main__':
         raise SystemExit(f"{data_dir} was tokenized with a vocabulary of {vocab} ids, larger than {model}'s: "
                          f"prepare the corpus with this model's tokenizer")
     d_model = lm.get_input_embeddings().embedding_dim
-    print(f"dump: {model} block {layer} (d_model {d_model}), ctx {ctx}, rank {rank}/{world}, device {device}")
+    print(f"dump: {model} block {layer} (d_model {d_model}), ctx {ctx}, rank {rank}/{world}, device {device}, {dtype}")
 
     for split, num_samples in (('train', num_train_samples), ('val', num_val_samples)):
         data, corpus_meta = corpora[split]
@@ -223,7 +233,7 @@ if __name__ == '__main__':
             for b in range(0, last - first, dump_batch_size):
                 tokens = torch.from_numpy(windows[b:b + dump_batch_size].astype(np.int64)).to(device)
                 pos = torch.from_numpy(positions[first + b:min(first + b + dump_batch_size, last)]).to(device)
-                with torch.no_grad(), autocast(device, dtype):
+                with torch.no_grad():
                     a = read_activations(lm, layer, tokens, pos).float()
                 if acts_dtype == 'bfloat16':
                     acts[b:b + len(a)] = a.bfloat16().view(torch.uint16).cpu().numpy()

@@ -10,7 +10,7 @@ the checkpoint.
 
 Every baseline goes through the same patch at (layer, p) as the lens's Â, and sample i of the n
 measured is paired with sample i+1 (mod n) wherever a baseline needs "another sample":
-  zero, mean        the zero vector; the mean activation of the train split
+  zero, mean        the zero vector; the mean activation over 8,192 train samples (the lens's own statistics)
   resample          the paired sample's activation A'
   text_prev_tokens  the encoder reading the t_text real tokens ending at p (fewer when p + 1 < t_text)
   text_shuffled     the encoder reading the paired sample's greedy explanation (the encoder is
@@ -36,11 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from configurator import configure
-from dump import Shards
+from configurator import configure, given_keys
+from dump import Shards, same_setting
 from lens import (format_sample, kl_at_position, kl_div, load_checkpoint, load_lens, newest_run, next_token_logits,
                   reconstruction_metrics, top_tokens)
-from model import autocast, load_model, max_context, read_activations
+from model import load_model, max_context, pick_dtype, read_activations
 
 # -----------------------------------------------------------------------------
 # shared with dump.py and train.py
@@ -51,7 +51,7 @@ layer = 15
 ctx = 64
 seed = 1337
 device = 'cpu'
-dtype = 'float32'
+dtype = 'auto'  # the frozen LM's storage: 'auto' is bfloat16 on CUDA and on CPUs with bf16 units, else 'float32'
 trust_remote_code = False
 run_name = ''  # '' picks the run in out_dir saved most recently
 eval_samples = 500  # the first val samples (random windows already), at most the whole split
@@ -201,6 +201,7 @@ font-size:13px;white-space:pre-wrap}"""
 
 if __name__ == '__main__':
     config = configure(globals())
+    dtype = pick_dtype(dtype, device)
     torch.set_grad_enabled(False)
     text_mode = text is not None or text_file is not None
 
@@ -209,11 +210,14 @@ if __name__ == '__main__':
     checkpoint = load_checkpoint(ckpt_path)
     run_dir = os.path.dirname(os.path.abspath(ckpt_path))
     print(f"checkpoint: {ckpt_path} (iteration {checkpoint['iter_num']})")
-    trained_on = (checkpoint['config']['model'], checkpoint['lens_config']['layer'])
-    if trained_on != (model, layer):
-        raise SystemExit(f"{ckpt_path} explains block {trained_on[1]} of {trained_on[0]}, but this run has model={model!r} "
-                         f"layer={layer}: pass the config it was trained with (--model={trained_on[0]} "
-                         f"--layer={trained_on[1]}) or another --ckpt")
+    # the lens explains one block of one model: take them from the checkpoint unless given, and then they must agree
+    given = given_keys()
+    trained_on = dict(model=checkpoint['config']['model'], layer=checkpoint['lens_config']['layer'])
+    if any(k in given and not same_setting(globals()[k], v) for k, v in trained_on.items()):
+        raise SystemExit(f"{ckpt_path} explains block {trained_on['layer']} of {trained_on['model']}, but this run has "
+                         f"model={model!r} layer={layer}: drop --model and --layer (the checkpoint names them), "
+                         f"or pass another --ckpt")
+    model, layer = trained_on['model'], trained_on['layer']
     if text_file is not None:
         if not os.path.isfile(text_file):
             raise SystemExit(f"text_file {text_file!r} not found: pass --text_file=path/to/file.txt or --text='...'")
@@ -223,8 +227,7 @@ if __name__ == '__main__':
         if not text:
             raise SystemExit("the text to explain is empty: pass --text='some words' or a non-empty --text_file")
     else:
-        val_data = Shards(out_dir, 'val', model=model, layer=layer, ctx=ctx)
-        train_data = Shards(out_dir, 'train', model=model, layer=layer, ctx=ctx)
+        val_data = Shards(out_dir, 'val', model=model, layer=layer, **({'ctx': ctx} if 'ctx' in given else {}))
         n = min(eval_samples, len(val_data))
         if n < eval_samples:
             print(f"eval_samples={eval_samples} but the val split has {len(val_data)} samples: measuring all {n}")
@@ -233,7 +236,7 @@ if __name__ == '__main__':
         if best_of_k < 1:
             raise SystemExit(f"best_of_k={best_of_k}: the best-of-K curve needs at least one sample, pass --best_of_k=4")
 
-    lm, tokenizer = load_model(model, device, trust_remote_code)
+    lm, tokenizer = load_model(model, device, trust_remote_code, dtype)
     lens = load_lens(checkpoint, lm, tokenizer).eval()
     t_text = lens.cfg.t_text
     torch.manual_seed(seed)
@@ -252,11 +255,10 @@ if __name__ == '__main__':
                              f"pass e.g. --positions=0,{len(ids) - 1}")
         tokens = torch.tensor(ids, device=device)[None].expand(len(chosen), -1)
         pos = torch.tensor(chosen, device=device)
-        with autocast(device, dtype):
-            acts = batched(lambda t, p: read_activations(lm, layer, t, p).float(), tokens, pos)
-            explanations, _, recon = explain_all(acts)
-            kls, tops = kl_and_tops(tokens, pos, acts, dict(lens=recon))
-            kls = kls['lens']
+        acts = batched(lambda t, p: read_activations(lm, layer, t, p).float(), tokens, pos)
+        explanations, _, recon = explain_all(acts)
+        kls, tops = kl_and_tops(tokens, pos, acts, dict(lens=recon))
+        kls = kls['lens']
         items = {p: dict(kl=k, explanation=e, top=t) for p, k, e, t in zip(chosen, kls.tolist(), explanations, tops)}
         pieces = [tokenizer.decode([i]) for i in ids]
         summary = kl_summary(kls)
@@ -283,25 +285,23 @@ if __name__ == '__main__':
     windows = [tokens[b, max(0, p + 1 - t_text):p + 1] for b, p in enumerate(pos.tolist())]
     shown = min(report_samples, n)
     t0 = time.time()  # progress lines: on a CPU every KL pass is a forward over n contexts, minutes for a real model
-    with autocast(device, dtype):
-        explanations, ids, recon = explain_all(acts)
-        train_mean = train_data.mean(len(train_data)).to(device)
-        patches = dict(lens=recon, zero=torch.zeros_like(acts), mean=train_mean.expand_as(acts), resample=acts[partner],
-                       text_prev_tokens=by_length(windows, lens.encoder).float(), text_shuffled=recon[partner])
-        if lens.encoder.prompt_prefix is not None or lens.encoder.prompt_postfix is not None:
-            patches['text_empty'] = lens.encoder(ids[:1, :0]).float().expand_as(acts)
-        else:
-            print("no text_empty baseline: the encoder prompt is '<text>' alone, so an empty explanation is no input at all")
-        print(f"explained {n} val samples ({time.time() - t0:.0f}s)", flush=True)
-        kls, tops = kl_and_tops(tokens, pos, acts, patches)
-        fluency = lambda rows: nll(lm, lens.natural_prefix, rows)
-        nll_explanation, nll_real = batched(fluency, ids), by_length(windows, fluency)
-        print(f"KL of the lens and {len(patches) - 1} baselines, fluency ({time.time() - t0:.0f}s)", flush=True)
-        sampled = torch.stack(list(kl_and_tops(tokens, pos, acts, {k: explain_all(acts, 'sample')[2]
-                                                                   for k in range(best_of_k)})[0].values()))
-        print(f"best of {best_of_k} sampled explanations ({time.time() - t0:.0f}s)", flush=True)
-        printed = [kl_at_position(lm, layer, tokens[b:b + 1], pos[b:b + 1], acts[b:b + 1], recon[b:b + 1])
-                   for b in range(min(num_print_samples, n))]
+    explanations, ids, recon = explain_all(acts)
+    patches = dict(lens=recon, zero=torch.zeros_like(acts), mean=lens.stats.mean.expand_as(acts), resample=acts[partner],
+                   text_prev_tokens=by_length(windows, lens.encoder).float(), text_shuffled=recon[partner])
+    if lens.encoder.prompt_prefix is not None or lens.encoder.prompt_postfix is not None:
+        patches['text_empty'] = lens.encoder(ids[:1, :0]).float().expand_as(acts)
+    else:
+        print("no text_empty baseline: the encoder prompt is '<text>' alone, so an empty explanation is no input at all")
+    print(f"explained {n} val samples ({time.time() - t0:.0f}s)", flush=True)
+    kls, tops = kl_and_tops(tokens, pos, acts, patches)
+    fluency = lambda rows: nll(lm, lens.natural_prefix, rows)
+    nll_explanation, nll_real = batched(fluency, ids), by_length(windows, fluency)
+    print(f"KL of the lens and {len(patches) - 1} baselines, fluency ({time.time() - t0:.0f}s)", flush=True)
+    sampled = torch.stack(list(kl_and_tops(tokens, pos, acts, {k: explain_all(acts, 'sample')[2]
+                                                               for k in range(best_of_k)})[0].values()))
+    print(f"best of {best_of_k} sampled explanations ({time.time() - t0:.0f}s)", flush=True)
+    printed = [kl_at_position(lm, layer, tokens[b:b + 1], pos[b:b + 1], acts[b:b + 1], recon[b:b + 1])
+               for b in range(min(num_print_samples, n))]
 
     methods = {name: kl_summary(kls[name]) | reconstruction_metrics(patch, acts) for name, patch in patches.items()}
     for name in list(methods)[1:]:
@@ -312,7 +312,7 @@ if __name__ == '__main__':
                for name, m in methods.items() for k, v in m.items()}
     curve = sorted({2 ** i for i in range(best_of_k.bit_length())} | {best_of_k})
     metrics |= dict(nll_explanation=nll_explanation.mean().item(), nll_real_text=nll_real.mean().item(),
-                    distinct_ratio=distinct_ratio(ids),
+                    distinct_ratio=distinct_ratio(ids), explanations_unique=len(set(explanations)) / n,
                     kl_best_of_k={str(k): sampled[:k].min(0).values.mean().item() for k in curve})
 
     table = [['metric', *methods]] + [[label] + [fmt(m.get(k)) for m in methods.values()] for label, k in (
@@ -320,7 +320,8 @@ if __name__ == '__main__':
         ('MSE', 'mse'), ('FVE', 'fve'), ('cosine', 'cos'), ('norm ratio |Â|/|A|', 'norm_ratio'))]
     extra = [('NLL/token of the explanations after the natural prefix', metrics['nll_explanation']),
              (f'NLL/token of real text ({t_text} tokens ending at p), same prefix', metrics['nll_real_text']),
-             ('distinct tokens / tokens per explanation', metrics['distinct_ratio'])]
+             ('distinct tokens / tokens per explanation', metrics['distinct_ratio']),
+             ('distinct explanations / samples (1: every A gets its own words)', metrics['explanations_unique'])]
     extra += [(f'mean KL of the best of {k} sampled explanations', v) for k, v in metrics['kl_best_of_k'].items()]
     print(f"\n{n} val samples, {model} block {layer}, iteration {checkpoint['iter_num']}")
     widths = [max(9, len(name) + 2) for name in methods]

@@ -15,15 +15,17 @@ Both sides run the frozen LM's own weights (or, after unfreezing, their own trai
 frozen LM that defines the KL is never trained and is not a submodule, so DDP, state_dict and the
 optimizer only ever see the lens's trainable parameters.
 """
+import contextlib
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import record_function
 from transformers import DynamicCache
 
-from model import block_output, blocks, check_layer, embed, patched, trainable_copy
+from model import block_output, blocks, check_layer, compute_dtype, embed, patched, trainable_copy
 
 TAU_FLOOR = 0.1  # below this the Gumbel-softmax gradient becomes too spiky to learn from
 
@@ -32,10 +34,11 @@ TAU_FLOOR = 0.1  # below this the Gumbel-softmax gradient becomes too spiky to l
 class LensConfig:
     layer: int = 15  # block whose output A is explained and patched
     encoder_layer: int = -1  # block K whose output at the last position the encoder reads; -1: the same block as layer
-    t_text: int = 10  # explanation length in tokens
+    t_text: int = 8  # explanation length in tokens
     decoder_prompt: str = '<|endoftext|>Short explanation of <embed>:'  # <embed> marks A's slot
     encoder_prompt: str = '<|endoftext|>Summary of the text: <text>'  # <text> marks where the words go
     patch_first_k: int = 0  # also overwrite the slot at the input of the first k blocks
+    patch_at_layer: bool = True  # also write A itself at the slot where the LM reads block `layer`'s output
 
     def __post_init__(self):
         if self.encoder_layer == -1:
@@ -85,10 +88,18 @@ def identity_linear(d):
     return proj
 
 
+def zero_linear(d):
+    proj = nn.Linear(d, d)
+    with torch.no_grad():
+        proj.weight.zero_()
+        proj.bias.zero_()
+    return proj
+
+
 def prompt_parameter(lm, tokenizer, text):
     """Trainable prompt embeddings initialised from the embeddings of `text`'s tokens."""
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long, device=lm.device)
-    return nn.Parameter(embed(lm, ids).detach().clone()) if len(ids) else None
+    return nn.Parameter(embed(lm, ids).detach().float()) if len(ids) else None
 
 
 def batch_cat(B, *pieces):
@@ -114,30 +125,43 @@ class WithLM(nn.Module):
 
 
 class Decoder(WithLM):
-    def __init__(self, cfg, lm, tokenizer):
+    """Reads A through two doors: the input slot (A standardised to an embedding's scale, then W_d), and,
+    with patch_at_layer, the slot's residual at the input of block layer + 1, where the LM itself reads
+    activations of A's depth (A plus a learned correction, zero at the start)."""
+
+    def __init__(self, cfg, lm, tokenizer, stats):
         super().__init__(lm)
         left, right = cfg.decoder_prompt.split('<embed>')
         self.t_text, self.patch_first_k = cfg.t_text, cfg.patch_first_k
+        self.__dict__['stats'] = stats  # the Lens's buffers, not saved twice
+        self.depth = cfg.layer + 1 if cfg.patch_at_layer and cfg.layer + 1 < len(blocks(lm)) else None
         self.prompt_left = prompt_parameter(lm, tokenizer, left)
         self.prompt_right = prompt_parameter(lm, tokenizer, right)
         self.slot = 0 if self.prompt_left is None else len(self.prompt_left)
-        self.proj = identity_linear(lm.get_input_embeddings().embedding_dim)
+        d = lm.get_input_embeddings().embedding_dim
+        self.proj = identity_linear(d)
+        self.depth_proj = zero_linear(d) if self.depth is not None else None
+
+    def prefix(self, acts, lm):
+        """The prompt with A in its slot [B, P, d], and what slot_writes writes at the slot at the input of
+        the first patch_first_k blocks and of block layer + 1 ({block: [B, 1, d]})."""
+        standard = (acts - self.stats.mean) / self.stats.scale
+        slot = self.proj(standard * self.stats.embedding_rms)[:, None]
+        writes = {k: slot for k in range(self.patch_first_k)}
+        if self.depth is not None:
+            writes[self.depth] = (acts + self.stats.scale * self.depth_proj(standard))[:, None]
+        prefix = batch_cat(len(acts), self.prompt_left, slot, self.prompt_right).to(compute_dtype(lm))
+        return prefix, writes
 
     def forward(self, acts, tau=1.0, mode='gumbel'):
         """Write t_text tokens for each activation. mode: 'gumbel' (hard Gumbel-softmax, straight-through
         gradient: training), 'greedy' or 'sample' (inference). Returns (one_hot [B, T, V], logits [B, T, V],
         ids [B, T]); one_hot carries the gradient into the encoder."""
         lm = self.lm
-        slot = self.proj(acts)[:, None]
-        prefix = batch_cat(len(acts), self.prompt_left, slot, self.prompt_right)
+        prefix, writes = self.prefix(acts, lm)
         cache = DynamicCache()
-        handles = [block.register_forward_pre_hook(self.slot_writer(slot), with_kwargs=True)
-                   for block in blocks(lm)[:self.patch_first_k]]
-        try:
+        with slot_writes(lm, self.slot, writes):
             logits = lm(inputs_embeds=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        finally:
-            for handle in handles:
-                handle.remove()
         one_hots, all_logits = [], []
         for t in range(self.t_text):
             all_logits.append(logits)
@@ -153,23 +177,45 @@ class Decoder(WithLM):
         one_hot = torch.stack(one_hots, 1)
         return one_hot, torch.stack(all_logits, 1), one_hot.argmax(-1)
 
-    def slot_writer(self, slot):
-        """A block pre-hook that overwrites the slot's hidden state with the projected activation."""
+    def teacher_forced_logits(self, acts, targets):
+        """The decoder's logits [B, T, V] for writing `targets` [B, T] (ids) given A, in one forward."""
+        lm = self.lm
+        prefix, writes = self.prefix(acts, lm)
+        with slot_writes(lm, self.slot, writes):
+            sequence = torch.cat([prefix, embed(lm, targets[:, :-1].clamp(min=0))], 1)
+            return lm(inputs_embeds=sequence, logits_to_keep=targets.shape[1]).logits
+
+
+@contextlib.contextmanager
+def slot_writes(lm, slot, writes):
+    """Within the block, the input of block k at position `slot` is replaced by writes[k] ([B, 1, d])."""
+    def writer(value):
         def write(module, args, kwargs):
             hidden = args[0] if args else kwargs['hidden_states']
-            hidden = torch.cat([hidden[:, :self.slot], slot.to(hidden.dtype), hidden[:, self.slot + 1:]], 1)
+            hidden = torch.cat([hidden[:, :slot], value.to(hidden.dtype), hidden[:, slot + 1:]], 1)
             return ((hidden,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, 'hidden_states': hidden})
         return write
+    handles = [blocks(lm)[k].register_forward_pre_hook(writer(value), with_kwargs=True) for k, value in writes.items()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class Encoder(WithLM):
-    def __init__(self, cfg, lm, tokenizer):
+    """Â = mean + scale * W_e(h / rms(h)), h block K's output at the last position. W_e starts at zero,
+    so an untrained encoder gives the mean activation (iteration 0 is mean ablation), and the map works
+    in standardised units whatever the scale of the residual stream."""
+
+    def __init__(self, cfg, lm, tokenizer, stats):
         super().__init__(lm)
         prefix, postfix = cfg.encoder_prompt.split('<text>')
         self.layer = cfg.encoder_layer
+        self.__dict__['stats'] = stats  # the Lens's buffers, not saved twice
         self.prompt_prefix = prompt_parameter(lm, tokenizer, prefix)
         self.prompt_postfix = prompt_parameter(lm, tokenizer, postfix)
-        self.proj = identity_linear(lm.get_input_embeddings().embedding_dim)
+        self.proj = zero_linear(lm.get_input_embeddings().embedding_dim)
 
     def unfreeze(self):
         super().unfreeze(last_block=self.layer)
@@ -177,8 +223,42 @@ class Encoder(WithLM):
     def forward(self, text):
         """Â from the explanation: `text` is one-hot rows [B, T, V] (gradients flow) or token ids [B, T]."""
         sequence = batch_cat(len(text), self.prompt_prefix, embed(self.lm, text), self.prompt_postfix)
-        hidden = block_output(self.lm, self.layer, inputs_embeds=sequence)
-        return self.proj(hidden[:, -1])
+        hidden = block_output(self.lm, self.layer, inputs_embeds=sequence.to(compute_dtype(self.lm)))[:, -1].float()
+        hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.stats.mean + self.stats.scale * self.proj(hidden)
+
+
+class ActivationStats(nn.Module):
+    """The statistics that put A on a common scale: its mean over the train split, the RMS of A - mean
+    (one scale for all dimensions, so the geometry of A is kept), and the RMS of an input embedding.
+    A mid-layer residual is far from an embedding: in SmolLM2's block 15 it is ~60x larger and 57% of
+    its energy is the mean shared by every sample, so fed raw into an input slot it looks the same for
+    all samples. Buffers: saved in the lens's state_dict, set once by train.py from the train shards."""
+
+    def __init__(self, lm):
+        super().__init__()
+        d = lm.get_input_embeddings().embedding_dim
+        self.register_buffer('mean', torch.zeros(d))
+        self.register_buffer('scale', torch.ones(()))
+        embeddings = embed(lm, torch.arange(lm.get_input_embeddings().num_embeddings, device=lm.device)).float()
+        self.register_buffer('embedding_rms', embeddings.pow(2).mean().sqrt())
+
+    @torch.no_grad()
+    def set(self, acts):
+        """From a sample of activations [n, d]."""
+        self.mean.copy_(acts.float().mean(0))
+        self.scale.copy_((acts.float() - self.mean).pow(2).mean().sqrt())
+
+
+def prefix_attention_mask(pos, length, dtype):
+    """The additive 4-D mask [B, 1, length, length] of a prefix left-padded so that sample b's tokens
+    0..pos[b]-1 end at the last column: causal over real tokens, and each padded row attends to itself
+    only. No row is fully masked: some SDPA backends (cuDNN) return NaN for such rows, and a NaN key
+    would then poison every real token that shares its batch."""
+    column = torch.arange(length, device=pos.device)
+    real = column[None] >= (length - pos[:, None])  # [B, length]
+    allowed = (column[:, None] >= column[None, :])[None] & real[:, None, :] | torch.eye(length, dtype=torch.bool, device=pos.device)
+    return torch.zeros(allowed.shape, dtype=dtype, device=pos.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def next_token_logits(lm, layer, tokens, pos, *patches):
@@ -188,20 +268,26 @@ def next_token_logits(lm, layer, tokens, pos, *patches):
     Gradient flows into a patch through the blocks after `layer` at one position."""
     B, P = len(tokens), int(pos.max())
     source = torch.arange(P, device=tokens.device)[None] - (P - pos[:, None])  # prefix ends at column P-1
-    mask = (source >= 0).long()
     cache = DynamicCache()
     if P > 0:
         with torch.no_grad():
-            lm.base_model(input_ids=tokens.gather(1, source.clamp(min=0)), attention_mask=mask,
-                          position_ids=source.clamp(min=0), past_key_values=cache, use_cache=True)  # no LM head
+            lm.base_model(input_ids=tokens.gather(1, source.clamp(min=0)), position_ids=source.clamp(min=0),
+                          attention_mask=prefix_attention_mask(pos, P, compute_dtype(lm)),
+                          past_key_values=cache, use_cache=True)  # no LM head
     step = dict(input_ids=tokens.gather(1, pos[:, None]), position_ids=pos[:, None], past_key_values=cache,
-                attention_mask=torch.cat([mask, mask.new_ones(B, 1)], 1), use_cache=True)
+                attention_mask=torch.cat([(source >= 0).long(), source.new_ones(B, 1)], 1), use_cache=True)
     logits = []
     for patch in patches:
         with patched(lm, layer, torch.zeros_like(pos), patch):
             logits.append(lm(**step).logits[:, -1])
         cache.crop(-1)  # drop this step's keys and values: the next patch sees only the prefix
     return logits
+
+
+def previous_tokens(tokens, pos, n):
+    """The n tokens ending at p, [B, n]; -100 (cross-entropy's ignore index) before the window's start."""
+    index = pos[:, None] - n + 1 + torch.arange(n, device=pos.device)
+    return tokens.gather(1, index.clamp(min=0)).masked_fill(index < 0, -100)
 
 
 def kl_at_position(lm, layer, tokens, pos, acts, recon):
@@ -217,8 +303,9 @@ class Lens(nn.Module):
         check_layer(lm, cfg.encoder_layer, 'encoder_layer')
         self.cfg = cfg
         self.__dict__['lm'], self.tokenizer = lm, tokenizer  # the frozen LM: not a submodule
-        self.decoder = Decoder(cfg, lm, tokenizer)
-        self.encoder = Encoder(cfg, lm, tokenizer)
+        self.stats = ActivationStats(lm)
+        self.decoder = Decoder(cfg, lm, tokenizer, self.stats)
+        self.encoder = Encoder(cfg, lm, tokenizer, self.stats)
         natural = cfg.decoder_prompt.replace('<embed>', 'something')
         self.natural_prefix = torch.tensor(tokenizer.encode(natural), dtype=torch.long, device=lm.device)
 
@@ -226,25 +313,42 @@ class Lens(nn.Module):
         self.decoder.unfreeze()
         self.encoder.unfreeze()
 
-    def forward(self, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0,
+    def forward(self, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
                 resample=False):
-        """The training losses for a batch. Returns a dict of scalars; 'loss' is the weighted total.
+        """The training losses for a batch. Returns a dict of scalars: 'loss' is the weighted total, 'lm',
+        'warm' and 'kl_real_text' are there only while their weights are non-zero (their passes are skipped
+        otherwise).
         resample: patch Â + (A' - Â') with A' another sample of the batch, so the KL measures whether
-        the reconstruction error carried over from another context still preserves A's function."""
-        one_hot, dec_logits, ids = self.decoder(acts, tau)
-        recon = self.encoder(one_hot)
-        patch = recon + (acts.roll(1, 0) - recon.roll(1, 0)) if resample else recon
-        kl, _, _ = kl_at_position(self.lm, self.cfg.layer, tokens, pos, acts, patch)
-        with torch.no_grad():
-            natural = self.natural_prefix[None].expand(len(ids), -1)
-            base_logits = self.lm(input_ids=torch.cat([natural, ids], 1),
-                                  logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
-        fluency = kl_div(base_logits, dec_logits).mean()
-        ent = entropy(dec_logits).mean()
-        mse = (recon.float() - acts.float()).pow(2).mean()
-        loss = w_kl * kl.mean() + w_lm * fluency - w_entropy * ent + w_mse * mse
-        return dict(loss=loss, kl=kl.mean(), lm=fluency, entropy=ent, mse=mse,
-                    fve=fve(recon.detach().float(), acts.float()), cos=cosine(recon.detach(), acts).mean())
+        the reconstruction error carried over from another context still preserves A's function.
+        w_warm: weight of the warm start, which gives both sides a per-sample target from the first step:
+        the decoder's cross-entropy for writing the t_text real tokens ending at p (teacher-forced), and
+        the KL of the encoder reading those real tokens ('warm' and 'kl_real_text' in the dict)."""
+        with record_function('lens.decoder'):  # labels for profilers: bench.py's time split, GPU traces
+            one_hot, dec_logits, ids = self.decoder(acts, tau)
+        with record_function('lens.encoder'):
+            recon = self.encoder(one_hot)
+            if w_warm > 0:
+                targets = previous_tokens(tokens, pos, self.cfg.t_text)
+                recon_real = self.encoder(targets.clamp(min=0))
+        with record_function('lens.kl'):
+            patch = recon + (acts.roll(1, 0) - recon.roll(1, 0)) if resample else recon
+            logits_a, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, acts.detach(), patch,
+                                                  *([recon_real] if w_warm > 0 else []))
+            kl = kl_div(logits_a, logits[0])
+        out = dict(kl=kl.mean(), entropy=entropy(dec_logits).mean(), mse=(recon - acts).pow(2).mean())
+        if w_lm > 0:  # the reference pass costs a forward: skipped while fluency has no weight
+            with record_function('lens.fluency'), torch.no_grad():
+                natural = self.natural_prefix[None].expand(len(ids), -1)
+                base_logits = self.lm(input_ids=torch.cat([natural, ids], 1), logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
+            out['lm'] = kl_div(base_logits, dec_logits).mean()
+        if w_warm > 0:
+            with record_function('lens.warm_start'):
+                logits_warm = self.decoder.teacher_forced_logits(acts, targets)
+                out['warm'] = F.cross_entropy(logits_warm.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+                out['kl_real_text'] = kl_div(logits_a, logits[1]).mean()
+        out['loss'] = (w_kl * out['kl'] + w_lm * out.get('lm', 0) - w_entropy * out['entropy'] + w_mse * out['mse']
+                       + w_warm * (out['warm'] + out['kl_real_text'] if w_warm > 0 else 0))
+        return out | dict(fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())
 
     @torch.no_grad()
     def explain(self, acts, mode='greedy', tau=1.0):

@@ -13,17 +13,17 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import configure
-from dump import Shards, batch_indices
+from configurator import configure, given_keys
+from dump import Shards, batch_indices, same_setting
 from lens import (Lens, LensConfig, format_sample, kl_div, load_checkpoint, newest_run, next_token_logits,
                   reconstruction_metrics)
-from model import autocast, load_model
+from model import load_model, pick_dtype
 
 # -----------------------------------------------------------------------------
 # data and model (shared with dump.py and eval.py)
@@ -34,7 +34,7 @@ layer = 15
 ctx = 64
 seed = 1337
 device = 'cpu'
-dtype = 'float32'  # autocast dtype on CUDA: bfloat16 is the fast choice
+dtype = 'auto'  # the frozen LM's storage: 'auto' is bfloat16 on CUDA and on CPUs with bf16 units, else 'float32'
 trust_remote_code = False
 # run
 init_from = 'scratch'  # 'scratch' or 'resume' (the run named run_name, else the newest run in out_dir)
@@ -48,7 +48,8 @@ encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 t_text = 8
 decoder_prompt = '<|endoftext|>Short explanation of <embed>:'
 encoder_prompt = '<|endoftext|>Summary of the text: <text>'
-patch_first_k = 0
+patch_first_k = 0  # also overwrite the decoder's slot at the input of the first k blocks
+patch_at_layer = True  # also write A at the decoder's slot where the LM reads block `layer`'s output
 # loss weights and their schedules, in iterations
 w_kl = 1.0
 w_lm = 1.0  # fluency weight, times alpha
@@ -56,6 +57,8 @@ alpha_warmup_iters = 100  # alpha rises linearly from 0 to 1 so fluency arrives 
 w_entropy = 0.0  # entropy bonus, linearly decayed to 0 over entropy_decay_iters (0: constant)
 entropy_decay_iters = 0
 w_mse = 0.0
+warm_start_weight = 0.0  # the decoder's cross-entropy for writing the real tokens ending at p, decayed
+warm_start_iters = 0  # linearly to 0 over these iterations: a per-sample signal before the KL has one
 resample_ablation = False  # patch Â + (A' - Â') with A' another sample of the batch
 tau_start = 1.0  # Gumbel-softmax temperature: held for tau_hold_iters, then decays to tau_end
 tau_end = 0.1
@@ -73,6 +76,7 @@ weight_decay = 0.01  # only on the unfrozen LM copies: decaying the identity-ini
 grad_clip = 1.0
 unfreeze_at = -1  # from this iteration the decoder and encoder train their own copies of the LM (-1: never)
 lm_lr_mult = 0.1  # learning rate of the LM copies relative to learning_rate
+encoder_lr_mult = 1.0  # learning rate of the encoder's maps and prompts relative to learning_rate
 # eval, logging, checkpoints
 eval_interval = 50
 periodic_eval_samples = 200  # val samples in the periodic eval (the first ones of the val split)
@@ -84,15 +88,16 @@ wandb_project = 'consistency-lens'
 wandb_mode = 'online'  # or 'offline': logs to ./wandb, `wandb sync` later
 # -----------------------------------------------------------------------------
 config = configure(globals())
+dtype = pick_dtype(dtype, device)
 
 # distributed setup: the same script runs under python or torchrun
 ddp = int(os.environ.get('RANK', -1)) != -1
 rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
 if ddp:
-    torch.distributed.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
-    if device == 'cuda':
+    if device.startswith('cuda'):  # each rank on its own GPU (also for --device=cuda:0), set before NCCL starts
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)
+    torch.distributed.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
 master = rank == 0
 if batch_size % (world * gradient_accumulation_steps):
     raise SystemExit(f"batch_size={batch_size} does not divide across {world} ranks x {gradient_accumulation_steps} "
@@ -101,6 +106,9 @@ micro_batch = batch_size // (world * gradient_accumulation_steps)
 if device.startswith('cuda'):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
+
+MAX_SKIPPED = 10  # non-finite steps in a row before training stops with a message
 
 
 def reseed(*keys):
@@ -112,8 +120,12 @@ def print0(*args):
         print(*args, flush=True)
 
 
-# data: check the shards before loading anything heavy
-train_data = Shards(out_dir, 'train', model=model, layer=layer, ctx=ctx)
+# data: check the shards before loading anything heavy. model, layer and ctx come from the dump unless
+# the config or the command line sets them, and then they must agree with it
+given = given_keys()
+train_data = Shards(out_dir, 'train', **{k: globals()[k] for k in ('model', 'layer', 'ctx') if k in given})
+model, layer, ctx = (train_data.meta[k] for k in ('model', 'layer', 'ctx'))
+config.update(model=model, layer=layer, ctx=ctx)
 val_data = Shards(out_dir, 'val', model=model, layer=layer, ctx=ctx)
 if periodic_eval_samples > len(val_data):
     raise SystemExit(f"periodic_eval_samples={periodic_eval_samples} but the val split has {len(val_data)}: lower --periodic_eval_samples")
@@ -126,6 +138,15 @@ if init_from == 'resume':
         raise SystemExit(f"init_from='resume' but there is no checkpoint {ckpt_path if run_name else 'in ' + out_dir}: "
                          f"train with init_from='scratch' first, or pass --run_name of a run in {out_dir}")
     checkpoint = load_checkpoint(ckpt_path)
+    # the checkpoint's lens is the truth: its settings are taken, and a setting given that contradicts them is an error
+    trained = checkpoint['lens_config'] | dict(model=checkpoint['config']['model'])
+    clash = [k for k in trained if (k in given or k == 'model') and not same_setting(globals()[k], trained[k])]
+    if clash:
+        raise SystemExit(f"{ckpt_path} was trained with {', '.join(f'{k}={trained[k]!r}' for k in clash)}, but this run has "
+                         f"{', '.join(f'{k}={globals()[k]!r}' for k in clash)}: drop those settings to resume it, "
+                         f"or start a new run with init_from='scratch'")
+    globals().update(checkpoint['lens_config'])
+    config.update(checkpoint['lens_config'])
 elif init_from == 'scratch':
     run_name = run_name or (f"{os.path.basename(os.path.normpath(data_dir))}_{os.path.basename(model)}_L{layer}_t{t_text}"
                             f"_lr{learning_rate:g}_{time.strftime('%m%d_%H%M%S')}")
@@ -137,14 +158,13 @@ if ddp:  # ranks may start in different seconds: all take rank 0's timestamped n
     torch.distributed.broadcast_object_list(names, 0)
     run_name = names[0]
 run_dir = os.path.join(out_dir, run_name)
-if master:
-    os.makedirs(run_dir, exist_ok=True)
 
 # the frozen LM and the lens
-lm, tokenizer = load_model(model, device, trust_remote_code)
-lens_config = LensConfig(layer=layer, encoder_layer=encoder_layer, t_text=t_text, decoder_prompt=decoder_prompt,
-                         encoder_prompt=encoder_prompt, patch_first_k=patch_first_k)
+lm, tokenizer = load_model(model, device, trust_remote_code, dtype)
+lens_config = LensConfig(**{field.name: globals()[field.name] for field in fields(LensConfig)})
 lens = Lens(lens_config, lm, tokenizer).to(device)
+if not checkpoint:
+    lens.stats.set(train_data.get(np.arange(min(8192, len(train_data))))[0].to(device))
 if checkpoint and checkpoint['unfrozen']:
     lens.unfreeze()
 
@@ -155,7 +175,9 @@ def lm_copy_parameters(lens):
 
 def make_optimizer():
     """AdamW with a group for the lens's own maps and prompts and, once unfrozen, one for the LM copies."""
-    groups = [dict(params=[p for n, p in lens.named_parameters() if '.lm_copy.' not in n], lr_mult=1.0, weight_decay=0.0)]
+    own = [(n, p) for n, p in lens.named_parameters() if '.lm_copy.' not in n]
+    groups = [dict(params=[p for n, p in own if not n.startswith('encoder.')], lr_mult=1.0, weight_decay=0.0),
+              dict(params=[p for n, p in own if n.startswith('encoder.')], lr_mult=encoder_lr_mult, weight_decay=0.0)]
     if lm_copy_parameters(lens):
         groups.append(dict(params=lm_copy_parameters(lens), lr_mult=lm_lr_mult, weight_decay=weight_decay))
     fused = device.startswith('cuda')
@@ -202,6 +224,10 @@ def get_alpha(it):
     return min(1.0, it / alpha_warmup_iters) if alpha_warmup_iters > 0 else 1.0
 
 
+def get_w_warm(it):
+    return warm_start_weight * max(0.0, 1 - it / warm_start_iters) if warm_start_iters > 0 else 0.0
+
+
 def get_w_entropy(it):
     return w_entropy * max(0.0, 1 - it / entropy_decay_iters) if entropy_decay_iters > 0 else w_entropy
 
@@ -213,35 +239,41 @@ def get_batch(it, micro_step):
 
 @torch.no_grad()
 def evaluate():
-    """Val KL (with the mean-ablation KL beside it, for scale), MSE and FVE of greedy explanations on the
-    first periodic_eval_samples val samples. Each rank takes a slice; the results are gathered on every rank."""
+    """On the first periodic_eval_samples val samples, with greedy explanations: the lens's KL beside the
+    KL of a shuffled explanation (another sample's Â: equal means the words carry nothing about A) and
+    of mean ablation (the scale), the fraction of distinct explanations, MSE and FVE. Each rank takes a
+    slice; the results are gathered on every rank."""
     results, samples = [], []
     mine = np.arange(rank, periodic_eval_samples, world)
-    for i in range(0, len(mine), micro_batch):
-        acts, tokens, pos = (t.to(device) for t in val_data.get(mine[i:i + micro_batch]))
-        with autocast(device, dtype):
-            explanations, ids, recon = raw_lens.explain(acts)
-            logits_a, logits_recon, logits_mean = next_token_logits(lm, layer, tokens, pos, acts, recon,
-                                                                    train_mean.expand_as(acts))
-        results.append([t.float().cpu() for t in (kl_div(logits_a, logits_recon), kl_div(logits_a, logits_mean), recon, acts)])
+    chunk = max(2, micro_batch)  # a shuffled explanation needs another sample in the chunk
+    for i in range(0, len(mine), chunk):
+        acts, tokens, pos = (t.to(device) for t in val_data.get(mine[i:i + chunk]))
+        explanations, ids, recon = raw_lens.explain(acts)
+        logits_a, logits_recon, logits_shuffled, logits_mean = next_token_logits(
+            lm, layer, tokens, pos, acts, recon, recon.roll(1, 0), raw_lens.stats.mean.expand_as(acts))
+        results.append([[kl_div(logits_a, q).cpu() for q in (logits_recon, logits_shuffled, logits_mean)],
+                        recon.cpu(), acts.cpu(), explanations])
         samples += [format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b], logits_a[b], logits_recon[b])
                     for b in range(min(len(acts), num_print_samples - len(samples)))]
     if ddp:
         gathered = [None] * world
         torch.distributed.all_gather_object(gathered, results)
         results = [r for rank_results in gathered for r in rank_results]
-    kl, kl_mean, recon, acts = (torch.cat(column) for column in zip(*results))
-    return dict(kl=kl.mean().item(), kl_mean_ablation=kl_mean.mean().item(), **reconstruction_metrics(recon, acts)), samples
+    kls, recon, acts, explanations = zip(*results)
+    kl, kl_shuffled, kl_mean = (torch.cat(column).mean().item() for column in zip(*kls))
+    explanations = [e for chunk_explanations in explanations for e in chunk_explanations]
+    return dict(kl=kl, kl_shuffled=kl_shuffled, kl_mean_ablation=kl_mean,
+                explanations_unique=len(set(explanations)) / len(explanations),
+                **reconstruction_metrics(torch.cat(recon), torch.cat(acts))), samples
 
 
 def save(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save(dict(lens=raw_lens.state_dict(), optimizer=optimizer.state_dict(), iter_num=iter_num,
                     best_val_kl=best_val_kl, config=config, lens_config=asdict(lens_config),
                     unfrozen=raw_lens.decoder.lm_copy is not None, wandb_id=wandb_id), path + '.tmp')
     os.replace(path + '.tmp', path)
 
-
-train_mean = train_data.mean(8192).to(device)  # for the mean-ablation KL, the scale of the val KL
 
 if wandb_log and master:
     import wandb
@@ -260,9 +292,9 @@ signal.signal(signal.SIGTERM, request_stop)
 signal.signal(signal.SIGINT, request_stop)
 
 print0(f"run {run_name}: {len(train_data)} train / {len(val_data)} val samples, batch {batch_size} "
-       f"({world} ranks x {gradient_accumulation_steps} accumulation x {micro_batch}), "
+       f"({world} ranks x {gradient_accumulation_steps} accumulation x {micro_batch}), frozen LM in {dtype} on {device}, "
        f"{sum(p.numel() for p in raw_lens.parameters() if p.requires_grad):,} trainable parameters")
-t0, step_times = time.time(), []
+t0, step_times, skipped_in_a_row = time.time(), [], 0
 while True:
     last_step = iter_num == max_iters
     if iter_num == unfreeze_at and raw_lens.decoder.lm_copy is None:
@@ -274,8 +306,9 @@ while True:
 
     if iter_num % eval_interval == 0 or last_step:
         metrics, samples = evaluate()
-        print0(f"eval iter {iter_num}: val KL {metrics['kl']:.4f} (mean ablation {metrics['kl_mean_ablation']:.4f}) "
-               f"MSE {metrics['mse']:.4f} FVE {metrics['fve']:.4f}")
+        print0(f"eval iter {iter_num}: val KL {metrics['kl']:.4f}, shuffled explanation {metrics['kl_shuffled']:.4f}, "
+               f"mean ablation {metrics['kl_mean_ablation']:.4f} | distinct explanations "
+               f"{metrics['explanations_unique']:.2f} | MSE {metrics['mse']:.4f} FVE {metrics['fve']:.4f}")
         for sample in samples:
             print0(sample)
         if wandb_log and master:
@@ -290,7 +323,7 @@ while True:
     if last_step:
         break
 
-    lr, tau, alpha, w_ent = get_lr(iter_num), get_tau(iter_num), get_alpha(iter_num), get_w_entropy(iter_num)
+    lr, tau, alpha, w_ent, w_warm = get_lr(iter_num), get_tau(iter_num), get_alpha(iter_num), get_w_entropy(iter_num), get_w_warm(iter_num)
     for group in optimizer.param_groups:
         group['lr'] = lr * group['lr_mult']
     t_step = time.time()
@@ -300,17 +333,22 @@ while True:
         acts, tokens, pos = get_batch(iter_num, micro_step)
         if ddp:
             lens.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
-        with autocast(device, dtype):
-            out = lens(acts, tokens, pos, tau=tau, w_kl=w_kl, w_lm=alpha * w_lm, w_entropy=w_ent, w_mse=w_mse,
-                       resample=resample_ablation)
+        out = lens(acts, tokens, pos, tau=tau, w_kl=w_kl, w_lm=alpha * w_lm, w_entropy=w_ent, w_mse=w_mse,
+                   w_warm=w_warm, resample=resample_ablation)
         (out['loss'] / gradient_accumulation_steps).backward()
         parts = {k: parts.get(k, 0) + v.detach() / gradient_accumulation_steps for k, v in out.items()}
     flags = torch.tensor([float(not torch.isfinite(parts['loss'])), float(stop_requested)], device=device)
     if ddp:
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
     if flags[0]:
+        skipped_in_a_row += 1
         print0(f"iter {iter_num}: non-finite loss, update skipped")
+        if skipped_in_a_row == MAX_SKIPPED:
+            raise SystemExit(f"the last {MAX_SKIPPED} steps all had a non-finite loss: training cannot recover by "
+                             f"skipping. Lower learning_rate, check the shards for inf/NaN, or run with dtype='float32'; "
+                             f"resume from {run_dir}/ckpt.pt (never overwritten by a non-finite step)")
     else:
+        skipped_in_a_row = 0
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(raw_lens.parameters(), grad_clip)
         optimizer.step()
@@ -321,7 +359,8 @@ while True:
     if iter_num % log_interval == 0:
         parts = {k: v.item() for k, v in parts.items()}
         step_time = np.mean(step_times[-log_interval:])
-        print0(f"iter {iter_num}: loss {parts['loss']:.4f} kl {parts['kl']:.4f} lm {parts['lm']:.4f} "
+        optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm') if k in parts)
+        print0(f"iter {iter_num}: loss {parts['loss']:.4f} kl {parts['kl']:.4f} {optional}"
                f"ent {parts['entropy']:.3f} fve {parts['fve']:.3f} | tau {tau:.3f} alpha {alpha:.2f} lr {lr:.2e} | "
                f"{batch_size / step_time:.1f} samples/s, {step_time * 1000:.0f} ms/iter, "
                f"ETA {(max_iters - iter_num) * step_time / 60:.1f} min")

@@ -11,7 +11,6 @@ min_pos = 8
 num_train_samples = 8000  # 400 iterations x batch 8 = 3200 samples: every sample is new
 num_val_samples = 500
 device = 'cpu'
-dtype = 'float32'
 
 t_text = 8  # explanation length
 max_iters = 400  # ~2.2 s/iter on 2 CPU cores: about 15 minutes

@@ -14,7 +14,6 @@ min_pos = 8
 num_train_samples = 5_000_000  # ~9 GB of shards; 2 epochs at batch 1024 = 9766 iterations
 num_val_samples = 50_000
 device = 'cuda'
-dtype = 'bfloat16'
 compile = True
 dump_batch_size = 512
 

@@ -13,7 +13,6 @@ min_pos = 5  # the original's SimpleStories setting
 num_train_samples = 2_000_000
 num_val_samples = 20_000
 device = 'cuda'
-dtype = 'bfloat16'
 compile = True
 dump_batch_size = 2048
 

@@ -6,9 +6,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+torch.set_num_threads(1)  # tiny models: a second thread costs more in synchronisation than it gives
 
 
 def run_script(*args, env=None, check=True):

@@ -5,7 +5,7 @@ import re
 from conftest import run_script
 
 TINY = ['bench.py', '--model=tiny-gpt2', '--layer=2', '--encoder_layer=2', '--ctx=32', '--t_text=4', '--batch_size=2',
-        '--warmup_steps=1', '--num_steps=1']
+        '--warmup_steps=1', '--num_steps=1', '--dtype=float32']
 
 
 def test_compare_naive_losses_agree(tmp_path):

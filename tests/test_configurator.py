@@ -1,7 +1,10 @@
 """configurator.py: overrides, type checks and unknown keys. Run: pytest -q tests/test_configurator.py"""
+import os
+
 import pytest
 
-from configurator import configure
+from conftest import ROOT
+from configurator import configure, given_keys
 
 
 def settings():
@@ -16,7 +19,7 @@ def test_overrides_and_coercions():
     assert s['run_name'] == '123'
     assert s['max_iters'] == 20
     assert s['wandb_id'] is None
-    assert config == s
+    assert set(config) == set(settings()) and config['max_iters'] == 20
     configure(s, ['--compile=True', '--wandb_id=abc', '--run_name=None'])
     assert s['compile'] is True and s['wandb_id'] == 'abc' and s['run_name'] is None
     configure(s, ['--run_name=1e3', '--wandb_id=0x10'])
@@ -54,3 +57,25 @@ def test_wrong_type_in_config_file(tmp_path):
     path.write_text("max_iters = 'many'\n")
     with pytest.raises(SystemExit, match="max_iters='many' is not a valid int"):
         configure(settings(), [str(path)])
+
+
+def test_the_scripts_lens_defaults_are_lensconfigs():
+    """train.py and bench.py declare the lens's settings as globals (the configurator types them by
+    their defaults); LensConfig owns the defaults, so the two must not drift apart."""
+    from dataclasses import fields
+    from configurator import script_settings
+    from lens import LensConfig
+    for script in ('train.py', 'bench.py'):
+        settings = script_settings(os.path.join(ROOT, script))
+        shared = [f for f in fields(LensConfig) if f.name in settings]
+        assert len(shared) >= 5, script
+        for f in shared:
+            assert settings[f.name] == f.default, (script, f.name)
+
+
+def test_given_keys_are_the_ones_set_by_files_and_flags(tmp_path, capsys):
+    path = tmp_path / 'c.py'
+    path.write_text("import math\nmax_iters = 5\n_private = 1\n")
+    assert given_keys([str(path), '--layer=3']) == {'max_iters', 'layer'}
+    configure(settings(), ['--min_pos=4'])  # a dump.py setting on train.py's command line
+    assert "--min_pos is a setting of dump.py" in capsys.readouterr().out

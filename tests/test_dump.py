@@ -19,7 +19,7 @@ LAYER, CTX = 2, 32
 
 def dump_args(corpus, out, model='tiny-gpt2', **extra):
     args = dict(model=model, data_dir=corpus, out_dir=out, layer=LAYER, ctx=CTX, num_train_samples=300,
-                num_val_samples=60, samples_per_shard=64, dump_batch_size=16) | extra
+                num_val_samples=60, samples_per_shard=64, dump_batch_size=16, dtype='float32') | extra
     return ['dump.py'] + [f'--{k}={v}' for k, v in args.items()]
 
 
@@ -152,3 +152,9 @@ def test_batch_stream_draws_every_sample_once_per_epoch(world, accumulation):
     assert sorted(drawn[:n]) == list(range(n)) and sorted(drawn[n:2 * n]) == list(range(n))
     assert drawn[:n] != drawn[n:2 * n]  # each epoch has its own order
     assert drawn == [i for it in range(steps) for i in batch_indices(7, n, batch_size, it)]
+
+
+def test_settings_compare_paths_normalised():
+    from dump import same_setting
+    assert same_setting('./assets/smollm2-135m/', 'assets/smollm2-135m') and same_setting('data/austen/', 'data/austen')
+    assert not same_setting('assets/smollm2-135m', 'assets/other') and not same_setting(15, 16) and same_setting(15, 15)

@@ -11,7 +11,7 @@ import torch
 
 from conftest import ROOT, make_corpus, run_script
 
-SHARED = dict(model='tiny-gpt2', layer=2, encoder_layer=2, ctx=32)
+SHARED = dict(model='tiny-gpt2', layer=2, ctx=32, dtype='float32')
 TRAIN = SHARED | dict(t_text=3, batch_size=4, max_iters=12, eval_interval=6, periodic_eval_samples=8, log_interval=2,
                       ckpt_interval=100, warmup_iters=2, alpha_warmup_iters=4, tau_hold_iters=3, tau_decay_iters=6,
                       num_print_samples=1)
@@ -99,3 +99,35 @@ def test_unfreeze_at_trains_the_lm_copies_from_that_iteration(shards):
 def test_user_errors(shards, change, message):
     proc = run_script('train.py', *args(TRAIN | dict(out_dir=shards, run_name='bad') | change), check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-1000:]
+
+
+def test_a_run_whose_steps_are_all_non_finite_stops_with_a_message(shards, tmp_path):
+    import shutil
+    import numpy as np
+    broken = tmp_path / 'out'
+    shutil.copytree(shards / 'acts', broken / 'acts')
+    for acts in (broken / 'acts' / 'train').glob('acts_*.bin'):
+        np.full(acts.stat().st_size // 2, np.nan, np.float16).tofile(acts)
+    proc = run_script('train.py', *args(TRAIN | dict(out_dir=broken, run_name='nan', max_iters=30, eval_interval=100)),
+                      check=False)
+    assert proc.returncode == 1 and proc.stdout.count('non-finite loss, update skipped') == 10, proc.stdout[-2000:]
+    assert 'the last 10 steps all had a non-finite loss' in proc.stderr
+
+
+def test_resume_takes_the_lens_from_the_checkpoint_and_refuses_a_contradicting_setting(shards):
+    train(shards, 'keep', max_iters=2)
+    proc = run_script('train.py', *args(TRAIN | dict(out_dir=shards, run_name='keep', init_from='resume', t_text=4,
+                                                      max_iters=3)), check=False)
+    assert proc.returncode == 1 and "was trained with t_text=3, but this run has t_text=4" in proc.stderr, proc.stderr[-800:]
+    bare = {k: v for k, v in TRAIN.items() if k not in ('model', 'layer', 'ctx', 't_text')}  # all from dump and checkpoint
+    log = run_script('train.py', *args(bare | dict(out_dir=shards, run_name='keep', init_from='resume', max_iters=3))).stdout
+    assert 'resuming keep from iteration 2' in log
+    assert torch.load(os.path.join(shards, 'keep', 'ckpt.pt'), weights_only=True)['lens_config']['t_text'] == 3
+
+
+def test_model_layer_and_ctx_come_from_the_dump(shards):
+    bare = {k: v for k, v in TRAIN.items() if k not in ('model', 'layer', 'ctx')}
+    log = run_script('train.py', *args(bare | dict(out_dir=shards, run_name='bare', max_iters=1,
+                                                    min_pos=4))).stdout
+    assert 'config: --min_pos is a setting of dump.py, not of train.py: ignored here' in log
+    assert torch.load(os.path.join(shards, 'bare', 'ckpt.pt'), weights_only=True)['config']['model'] == 'tiny-gpt2'
