@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from configurator import configure, given_keys
 from dump import Shards, same_setting
-from lens import (format_sample, kl_at_position, kl_div, load_checkpoint, load_lens, newest_run, next_token_logits,
+from lens import (explain_all, format_sample, kl_at_position, load_checkpoint, load_lens, newest_run, patched_kls,
                   reconstruction_metrics, top_tokens)
 from model import load_model, max_context, pick_dtype, read_activations
 
@@ -112,32 +112,15 @@ def by_length(rows, fn):
     return torch.stack(out)
 
 
-def explain_all(acts, mode='greedy'):
-    """(explanations, ids [n, t_text], Â [n, d]) of every activation."""
-    parts = [lens.explain(acts[i:i + eval_batch_size], mode) for i in range(0, len(acts), eval_batch_size)]
-    return sum((p[0] for p in parts), []), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]).float()
-
-
 def kl_summary(kls):
     q50, q90 = torch.quantile(kls, torch.tensor([0.5, 0.9], device=kls.device)).tolist()
     return dict(kl=kls.mean().item(), kl_median=q50, kl_p90=q90)
 
 
 def kl_and_tops(tokens, pos, acts, patches):
-    """KL at p per sample for each patch ({name: [n, d]}), and the top-3 next tokens there with A and with the
-    first patch. One prefix pass per batch serves every patch, and batches go in order of p, because
-    next_token_logits pads a batch's prefixes to its largest p (mixed batches would waste ~40%)."""
-    order = pos.argsort()
-    kls = {name: torch.empty(len(acts), device=acts.device) for name in patches}
-    tops = [None] * len(acts)
-    for i in range(0, len(acts), eval_batch_size):
-        s = order[i:i + eval_batch_size]
-        logits_a, *logits = next_token_logits(lm, layer, tokens[s], pos[s], acts[s], *(p[s] for p in patches.values()))
-        for name, patch_logits in zip(patches, logits):
-            kls[name][s] = kl_div(logits_a, patch_logits)
-        for j, a, r in zip(s.tolist(), logits_a, logits[0]):
-            tops[j] = (top_tokens(tokenizer, a), top_tokens(tokenizer, r))
-    return kls, tops
+    """patched_kls, and the top-3 next tokens at p with A and with the first patch."""
+    kls, logits_a, logits_first = patched_kls(lm, layer, tokens, pos, acts, patches, eval_batch_size)
+    return kls, [(top_tokens(tokenizer, a), top_tokens(tokenizer, r)) for a, r in zip(logits_a, logits_first)]
 
 
 def show_tops(tops):
@@ -256,7 +239,7 @@ if __name__ == '__main__':
         tokens = torch.tensor(ids, device=device)[None].expand(len(chosen), -1)
         pos = torch.tensor(chosen, device=device)
         acts = batched(lambda t, p: read_activations(lm, layer, t, p).float(), tokens, pos)
-        explanations, _, recon = explain_all(acts)
+        explanations, _, recon = explain_all(lens, acts, eval_batch_size)
         kls, tops = kl_and_tops(tokens, pos, acts, dict(lens=recon))
         kls = kls['lens']
         items = {p: dict(kl=k, explanation=e, top=t) for p, k, e, t in zip(chosen, kls.tolist(), explanations, tops)}
@@ -285,7 +268,7 @@ if __name__ == '__main__':
     windows = [tokens[b, max(0, p + 1 - t_text):p + 1] for b, p in enumerate(pos.tolist())]
     shown = min(report_samples, n)
     t0 = time.time()  # progress lines: on a CPU every KL pass is a forward over n contexts, minutes for a real model
-    explanations, ids, recon = explain_all(acts)
+    explanations, ids, recon = explain_all(lens, acts, eval_batch_size)
     patches = dict(lens=recon, zero=torch.zeros_like(acts), mean=lens.stats.mean.expand_as(acts), resample=acts[partner],
                    text_prev_tokens=by_length(windows, lens.encoder).float(), text_shuffled=recon[partner])
     if lens.encoder.prompt_prefix is not None or lens.encoder.prompt_postfix is not None:
@@ -297,7 +280,7 @@ if __name__ == '__main__':
     fluency = lambda rows: nll(lm, lens.natural_prefix, rows)
     nll_explanation, nll_real = batched(fluency, ids), by_length(windows, fluency)
     print(f"KL of the lens and {len(patches) - 1} baselines, fluency ({time.time() - t0:.0f}s)", flush=True)
-    sampled = torch.stack(list(kl_and_tops(tokens, pos, acts, {k: explain_all(acts, 'sample')[2]
+    sampled = torch.stack(list(kl_and_tops(tokens, pos, acts, {k: explain_all(lens, acts, eval_batch_size, 'sample')[2]
                                                                for k in range(best_of_k)})[0].values()))
     print(f"best of {best_of_k} sampled explanations ({time.time() - t0:.0f}s)", flush=True)
     printed = [kl_at_position(lm, layer, tokens[b:b + 1], pos[b:b + 1], acts[b:b + 1], recon[b:b + 1])

@@ -204,9 +204,10 @@ def slot_writes(lm, slot, writes):
 
 
 class Encoder(WithLM):
-    """Â = mean + scale * W_e(h / rms(h)), h block K's output at the last position. W_e starts at zero,
-    so an untrained encoder gives the mean activation (iteration 0 is mean ablation), and the map works
-    in standardised units whatever the scale of the residual stream."""
+    """Â = mean + scale * W_e((h - mean) / scale), h block K's output at the last position, standardised
+    by A's statistics (K is layer by default: h lives where A does, and without its shared mean the
+    per-sample part of h is not drowned by a few near-constant massive dimensions). W_e starts at zero,
+    so an untrained encoder gives the mean activation: iteration 0 is mean ablation."""
 
     def __init__(self, cfg, lm, tokenizer, stats):
         super().__init__(lm)
@@ -224,8 +225,7 @@ class Encoder(WithLM):
         """Â from the explanation: `text` is one-hot rows [B, T, V] (gradients flow) or token ids [B, T]."""
         sequence = batch_cat(len(text), self.prompt_prefix, embed(self.lm, text), self.prompt_postfix)
         hidden = block_output(self.lm, self.layer, inputs_embeds=sequence.to(compute_dtype(self.lm)))[:, -1].float()
-        hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return self.stats.mean + self.stats.scale * self.proj(hidden)
+        return self.stats.mean + self.stats.scale * self.proj((hidden - self.stats.mean) / self.stats.scale)
 
 
 class ActivationStats(nn.Module):
@@ -284,10 +284,39 @@ def next_token_logits(lm, layer, tokens, pos, *patches):
     return logits
 
 
-def previous_tokens(tokens, pos, n):
-    """The n tokens ending at p, [B, n]; -100 (cross-entropy's ignore index) before the window's start."""
-    index = pos[:, None] - n + 1 + torch.arange(n, device=pos.device)
-    return tokens.gather(1, index.clamp(min=0)).masked_fill(index < 0, -100)
+def real_tokens(tokens, pos, n, which):
+    """The n real tokens of each window ending at p ('previous') or following it ('next'), [B, n], with
+    -100 (cross-entropy's ignore index) outside the window, and whether a row is complete [B]."""
+    offset = pos[:, None] + torch.arange(n, device=pos.device) + (1 - n if which == 'previous' else 1)
+    outside = (offset < 0) | (offset >= tokens.shape[1])
+    rows = tokens.gather(1, offset.clamp(0, tokens.shape[1] - 1)).masked_fill(outside, -100)
+    return rows, ~outside.any(1)
+
+
+@torch.no_grad()
+def patched_kls(lm, layer, tokens, pos, acts, patches, batch_size):
+    """The measurement that train.py's periodic eval and eval.py share: KL(P(.|A) || P(.|patch)) at p per
+    sample for each patch ({name: [n, d]}), and the logits at p with A and with the first patch ([n, V]).
+    One prefix pass per batch serves every patch, and batches go in order of p, because
+    next_token_logits pads a batch's prefixes to its largest p (mixed batches would waste ~40%)."""
+    order = pos.argsort()
+    kls = {name: torch.empty(len(acts), device=acts.device) for name in patches}
+    logits_a, logits_first = [None] * len(acts), [None] * len(acts)
+    for i in range(0, len(acts), batch_size):
+        s = order[i:i + batch_size]
+        with_a, *logits = next_token_logits(lm, layer, tokens[s], pos[s], acts[s], *(p[s] for p in patches.values()))
+        for name, patch_logits in zip(patches, logits):
+            kls[name][s] = kl_div(with_a, patch_logits)
+        for j, a, first in zip(s.tolist(), with_a, logits[0]):
+            logits_a[j], logits_first[j] = a, first
+    return kls, torch.stack(logits_a), torch.stack(logits_first)
+
+
+@torch.no_grad()
+def explain_all(lens, acts, batch_size, mode='greedy'):
+    """(explanations, ids [n, t_text], Â [n, d]) of every activation, batch_size at a time."""
+    parts = [lens.explain(acts[i:i + batch_size], mode) for i in range(0, len(acts), batch_size)]
+    return sum((p[0] for p in parts), []), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]).float()
 
 
 def kl_at_position(lm, layer, tokens, pos, acts, recon):
@@ -314,21 +343,22 @@ class Lens(nn.Module):
         self.encoder.unfreeze()
 
     def forward(self, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
-                resample=False):
+                warm_target='previous', resample=False):
         """The training losses for a batch. Returns a dict of scalars: 'loss' is the weighted total, 'lm',
         'warm' and 'kl_real_text' are there only while their weights are non-zero (their passes are skipped
         otherwise).
         resample: patch Â + (A' - Â') with A' another sample of the batch, so the KL measures whether
         the reconstruction error carried over from another context still preserves A's function.
         w_warm: weight of the warm start, which gives both sides a per-sample target from the first step:
-        the decoder's cross-entropy for writing the t_text real tokens ending at p (teacher-forced), and
-        the KL of the encoder reading those real tokens ('warm' and 'kl_real_text' in the dict)."""
+        the decoder's cross-entropy for writing t_text real tokens (teacher-forced), and the KL of the
+        encoder reading them ('warm' and 'kl_real_text' in the dict). warm_target: the tokens ending at p
+        ('previous') or following it ('next')."""
         with record_function('lens.decoder'):  # labels for profilers: bench.py's time split, GPU traces
             one_hot, dec_logits, ids = self.decoder(acts, tau)
         with record_function('lens.encoder'):
             recon = self.encoder(one_hot)
             if w_warm > 0:
-                targets = previous_tokens(tokens, pos, self.cfg.t_text)
+                targets, complete = real_tokens(tokens, pos, self.cfg.t_text, warm_target)
                 recon_real = self.encoder(targets.clamp(min=0))
         with record_function('lens.kl'):
             patch = recon + (acts.roll(1, 0) - recon.roll(1, 0)) if resample else recon
@@ -345,7 +375,9 @@ class Lens(nn.Module):
             with record_function('lens.warm_start'):
                 logits_warm = self.decoder.teacher_forced_logits(acts, targets)
                 out['warm'] = F.cross_entropy(logits_warm.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-                out['kl_real_text'] = kl_div(logits_a, logits[1]).mean()
+                # rows that run past the window are padded: the encoder learns only from complete ones
+                kl_real = kl_div(logits_a, logits[1])
+                out['kl_real_text'] = (kl_real * complete).sum() / complete.sum().clamp(min=1)
         out['loss'] = (w_kl * out['kl'] + w_lm * out.get('lm', 0) - w_entropy * out['entropy'] + w_mse * out['mse']
                        + w_warm * (out['warm'] + out['kl_real_text'] if w_warm > 0 else 0))
         return out | dict(fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure, given_keys
 from dump import Shards, batch_indices, same_setting
-from lens import (Lens, LensConfig, format_sample, kl_div, load_checkpoint, newest_run, next_token_logits,
+from lens import (Lens, LensConfig, explain_all, format_sample, load_checkpoint, newest_run, patched_kls,
                   reconstruction_metrics)
 from model import load_model, pick_dtype
 
@@ -59,6 +59,7 @@ entropy_decay_iters = 0
 w_mse = 0.0
 warm_start_weight = 0.0  # the decoder's cross-entropy for writing the real tokens ending at p, decayed
 warm_start_iters = 0  # linearly to 0 over these iterations: a per-sample signal before the KL has one
+warm_start_target = 'previous'  # the real tokens it writes and reads: 'previous' (ending at p) or 'next' (after p)
 resample_ablation = False  # patch Â + (A' - Â') with A' another sample of the batch
 tau_start = 1.0  # Gumbel-softmax temperature: held for tau_hold_iters, then decays to tau_end
 tau_end = 0.1
@@ -103,6 +104,8 @@ if batch_size % (world * gradient_accumulation_steps):
     raise SystemExit(f"batch_size={batch_size} does not divide across {world} ranks x {gradient_accumulation_steps} "
                      f"accumulation steps: make it a multiple of {world * gradient_accumulation_steps}")
 micro_batch = batch_size // (world * gradient_accumulation_steps)
+if warm_start_target not in ('previous', 'next'):
+    raise SystemExit(f"warm_start_target={warm_start_target!r}: use 'previous' (the tokens ending at p) or 'next' (after p)")
 if device.startswith('cuda'):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -239,32 +242,26 @@ def get_batch(it, micro_step):
 
 @torch.no_grad()
 def evaluate():
-    """On the first periodic_eval_samples val samples, with greedy explanations: the lens's KL beside the
-    KL of a shuffled explanation (another sample's Â: equal means the words carry nothing about A) and
-    of mean ablation (the scale), the fraction of distinct explanations, MSE and FVE. Each rank takes a
-    slice; the results are gathered on every rank."""
-    results, samples = [], []
-    mine = np.arange(rank, periodic_eval_samples, world)
-    chunk = max(2, micro_batch)  # a shuffled explanation needs another sample in the chunk
-    for i in range(0, len(mine), chunk):
-        acts, tokens, pos = (t.to(device) for t in val_data.get(mine[i:i + chunk]))
-        explanations, ids, recon = raw_lens.explain(acts)
-        logits_a, logits_recon, logits_shuffled, logits_mean = next_token_logits(
-            lm, layer, tokens, pos, acts, recon, recon.roll(1, 0), raw_lens.stats.mean.expand_as(acts))
-        results.append([[kl_div(logits_a, q).cpu() for q in (logits_recon, logits_shuffled, logits_mean)],
-                        recon.cpu(), acts.cpu(), explanations])
-        samples += [format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b], logits_a[b], logits_recon[b])
-                    for b in range(min(len(acts), num_print_samples - len(samples)))]
+    """eval.py's measurement on the first periodic_eval_samples val samples, greedy explanations: the
+    lens's KL beside the KL of a shuffled explanation (sample i+1's Â: equal means the words carry
+    nothing about A) and of mean ablation (the scale), the fraction of distinct explanations, MSE and
+    FVE. Each rank takes a slice; the results are gathered on every rank."""
+    acts, tokens, pos = (t.to(device) for t in val_data.get(np.arange(rank, periodic_eval_samples, world)))
+    explanations, ids, recon = explain_all(raw_lens, acts, micro_batch)
+    patches = dict(lens=recon, text_shuffled=recon.roll(-1, 0), mean=raw_lens.stats.mean.expand_as(acts))
+    kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, acts, patches, micro_batch)
+    samples = [format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b], logits_a[b], logits_recon[b])
+               for b in range(min(len(acts), num_print_samples))]
+    kl, recon, acts = torch.stack(list(kls.values())).cpu(), recon.cpu(), acts.cpu()  # kl: [3, n]
     if ddp:
         gathered = [None] * world
-        torch.distributed.all_gather_object(gathered, results)
-        results = [r for rank_results in gathered for r in rank_results]
-    kls, recon, acts, explanations = zip(*results)
-    kl, kl_shuffled, kl_mean = (torch.cat(column).mean().item() for column in zip(*kls))
-    explanations = [e for chunk_explanations in explanations for e in chunk_explanations]
-    return dict(kl=kl, kl_shuffled=kl_shuffled, kl_mean_ablation=kl_mean,
+        torch.distributed.all_gather_object(gathered, [kl, recon, acts, explanations])
+        kl, recon, acts = (torch.cat([g[i] for g in gathered], dim) for i, dim in ((0, 1), (1, 0), (2, 0)))
+        explanations = [e for g in gathered for e in g[3]]
+    kl_lens, kl_shuffled, kl_mean = kl.mean(1).tolist()
+    return dict(kl=kl_lens, kl_shuffled=kl_shuffled, kl_mean_ablation=kl_mean,
                 explanations_unique=len(set(explanations)) / len(explanations),
-                **reconstruction_metrics(torch.cat(recon), torch.cat(acts))), samples
+                **reconstruction_metrics(recon, acts)), samples
 
 
 def save(path):
@@ -334,7 +331,7 @@ while True:
         if ddp:
             lens.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         out = lens(acts, tokens, pos, tau=tau, w_kl=w_kl, w_lm=alpha * w_lm, w_entropy=w_ent, w_mse=w_mse,
-                   w_warm=w_warm, resample=resample_ablation)
+                   w_warm=w_warm, warm_target=warm_start_target, resample=resample_ablation)
         (out['loss'] / gradient_accumulation_steps).backward()
         parts = {k: parts.get(k, 0) + v.detach() / gradient_accumulation_steps for k, v in out.items()}
     flags = torch.tensor([float(not torch.isfinite(parts['loss'])), float(stop_requested)], device=device)
@@ -359,7 +356,7 @@ while True:
     if iter_num % log_interval == 0:
         parts = {k: v.item() for k, v in parts.items()}
         step_time = np.mean(step_times[-log_interval:])
-        optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm') if k in parts)
+        optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text') if k in parts)
         print0(f"iter {iter_num}: loss {parts['loss']:.4f} kl {parts['kl']:.4f} {optional}"
                f"ent {parts['entropy']:.3f} fve {parts['fve']:.3f} | tau {tau:.3f} alpha {alpha:.2f} lr {lr:.2e} | "
                f"{batch_size / step_time:.1f} samples/s, {step_time * 1000:.0f} ms/iter, "

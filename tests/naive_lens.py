@@ -7,13 +7,13 @@ exit, one-position KL, prefix mask); bench.py times it beside the real step (`--
 import torch
 import torch.nn.functional as F
 
-from lens import TAU_FLOOR, batch_cat, cosine, entropy, fve, kl_div, previous_tokens, slot_writes
+from lens import TAU_FLOOR, batch_cat, cosine, entropy, fve, kl_div, real_tokens, slot_writes
 from model import block_tensor, blocks, compute_dtype, embed, patched
 
 
 def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
-                  tick=lambda part: None):
-    """Lens.forward's loss dict for the same arguments and Gumbel noise; tick(part) after each part."""
+                  warm_target='previous'):
+    """Lens.forward's loss dict for the same arguments and Gumbel noise."""
     lm, dec, enc, B, T = lens.lm, lens.decoder, lens.encoder, len(acts), lens.cfg.t_text
     prefix, writes = dec.prefix(acts, dec.lm)
     sequence, one_hots, dec_logits = prefix, [], []
@@ -24,7 +24,6 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
         one_hots.append(F.gumbel_softmax(logits.float(), tau=max(tau, TAU_FLOOR), hard=True))  # same noise draws
         sequence = torch.cat([sequence, embed(dec.lm, one_hots[-1])[:, None]], 1)
     one_hot, dec_logits = torch.stack(one_hots, 1), torch.stack(dec_logits, 1)
-    tick('decoder')
 
     captured = []
     handle = blocks(enc.lm)[enc.layer].register_forward_hook(lambda m, a, out: captured.append(block_tensor(out)))
@@ -32,9 +31,8 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
         enc.lm(inputs_embeds=batch_cat(B, enc.prompt_prefix, embed(enc.lm, one_hot), enc.prompt_postfix).to(compute_dtype(enc.lm)))
     finally:
         handle.remove()
-    hidden = captured[0][:, -1].float()
-    recon = lens.stats.mean + lens.stats.scale * enc.proj(hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-6))
-    tick('encoder')
+    standard = (captured[0][:, -1].float() - lens.stats.mean) / lens.stats.scale
+    recon = lens.stats.mean + lens.stats.scale * enc.proj(standard)
 
     rows = torch.arange(B, device=tokens.device)
     with torch.no_grad(), patched(lm, lens.cfg.layer, pos, acts):
@@ -42,24 +40,23 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
     with patched(lm, lens.cfg.layer, pos, recon):
         logits_recon = lm(input_ids=tokens).logits[rows, pos]
     kl = kl_div(logits_a, logits_recon)
-    tick('kl')
 
     ids = one_hot.argmax(-1)
     with torch.no_grad():
         natural = lens.natural_prefix[None].expand(B, -1)
         base_logits = lm(input_ids=torch.cat([natural, ids], 1)).logits[:, len(lens.natural_prefix) - 1:-1]
     fluency = kl_div(base_logits, dec_logits).mean()
-    tick('fluency')
 
     warm = kl_real_text = torch.zeros(())
     if w_warm > 0:
-        targets = previous_tokens(tokens, pos, T)
+        targets, complete = real_tokens(tokens, pos, T, warm_target)
         with slot_writes(dec.lm, dec.slot, writes):
             sequence = torch.cat([prefix, embed(dec.lm, targets[:, :-1].clamp(min=0))], 1)
             logits = dec.lm(inputs_embeds=sequence).logits[:, -T:]
         warm = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         with patched(lm, lens.cfg.layer, pos, enc(targets.clamp(min=0))):
-            kl_real_text = kl_div(logits_a, lm(input_ids=tokens).logits[rows, pos]).mean()
+            kl_real = kl_div(logits_a, lm(input_ids=tokens).logits[rows, pos])
+        kl_real_text = kl_real[complete].mean() if complete.any() else torch.zeros(())
     ent = entropy(dec_logits).mean()
     mse = (recon - acts).pow(2).mean()
     loss = w_kl * kl.mean() + w_lm * fluency - w_entropy * ent + w_mse * mse + w_warm * (warm + kl_real_text)

@@ -42,11 +42,12 @@ def test_tiny_models_are_tiny():
     assert counts == {'tiny-gpt2': 224_704, 'tiny-llama': 180_928}
 
 
-@pytest.mark.parametrize('name', TINY_MODELS + ('local-dir',))
-def test_dumped_activations_equal_a_fresh_forward(name, corpus, tmp_path):
+@pytest.mark.parametrize('name, acts_dtype', [('tiny-gpt2', 'float16'), ('tiny-llama', 'float16'),
+                                              ('local-dir', 'float16'), ('tiny-llama', 'bfloat16')])
+def test_dumped_activations_equal_a_fresh_forward(name, acts_dtype, corpus, tmp_path):
     model = local_tiny_dir(tmp_path) if name == 'local-dir' else name
     out = tmp_path / 'out'
-    run_script(*dump_args(corpus, out, model=model))
+    run_script(*dump_args(corpus, out, model=model, acts_dtype=acts_dtype))
     lm, _ = load_model(model)
     for split, n in (('train', 300), ('val', 60)):
         shards = Shards(str(out), split, model=model, layer=LAYER, ctx=CTX)
@@ -56,8 +57,9 @@ def test_dumped_activations_equal_a_fresh_forward(name, corpus, tmp_path):
         with torch.no_grad():
             hidden = lm(tokens, output_hidden_states=True).hidden_states[LAYER + 1]
         fresh = hidden[torch.arange(n), pos]
-        # float16 keeps 11 significant bits: one unit in the last place is at most |x| / 1024
-        assert ((acts - fresh).abs() <= fresh.abs() / 1024 + 1e-5).all()
+        # float16 keeps 11 significant bits, bfloat16 8: one unit in the last place is at most |x| / 2^(bits-1)
+        ulp = fresh.abs() / (1024 if acts_dtype == 'float16' else 128)
+        assert ((acts - fresh).abs() <= ulp + 1e-5).all() and (acts != fresh.half().float()).any() == (acts_dtype == 'bfloat16')
 
 
 @pytest.mark.parametrize('name', TINY_MODELS)

@@ -130,8 +130,8 @@ def test_prefix_mask_is_causal_over_real_tokens_and_never_masks_a_whole_row():
             assert allowed[b, i].tolist() == expected
 
 
-@pytest.mark.parametrize('name', TINY_MODELS)
-def test_lens_forward_equals_the_naive_reference(name):
+@pytest.mark.parametrize('name, warm_target', [('tiny-gpt2', 'previous'), ('tiny-llama', 'next')])
+def test_lens_forward_equals_the_naive_reference(name, warm_target):
     """Every cheap path of Lens.forward (KV-cached decoding, early-exit encoder, one-position KL with its
     left-padded prefix) against tests/naive_lens.py, losses and gradients, with every slot write on."""
     from naive_lens import naive_forward
@@ -140,7 +140,7 @@ def test_lens_forward_equals_the_naive_reference(name):
     lens = Lens(LensConfig(layer=LAYER, encoder_layer=2, t_text=4, patch_first_k=1), lm, tokenizer)
     lens.stats.set(acts)
     torch.nn.init.normal_(lens.encoder.proj.weight, std=0.05)
-    weights = dict(tau=0.7, w_lm=0.5, w_entropy=0.1, w_mse=1e-3, w_warm=0.3)
+    weights = dict(tau=0.7, w_lm=0.5, w_entropy=0.1, w_mse=1e-3, w_warm=0.3, warm_target=warm_target)
     results = []
     for forward in (lens, lambda *a, **k: naive_forward(lens, *a, **k)):
         torch.manual_seed(0)
