@@ -44,7 +44,7 @@ trust_remote_code = False
 batch_size = 8
 t_text = 8
 encoder_layer = -1  # block the encoder reads; -1: the same block as layer
-decoder_prompt = '<|endoftext|>Short explanation of <embed>:'
+decoder_prompt = '<|endoftext|><embed>'  # <embed> last: the decoder continues the text from A
 encoder_prompt = '<|endoftext|>Summary of the text: <text>'
 compile = False  # torch.compile the lens, as train.py does (the time split is then not available)
 # bench only

@@ -32,8 +32,8 @@ out_dir = 'out/austen'  # shards go to <out_dir>/acts/{train,val}/
 layer = 15  # explain the output of this block (0-indexed) = HF hidden_states[layer + 1]
 ctx = 64  # tokens per window
 min_pos = 8  # p is uniform in [min_pos, ctx - 1]: early positions carry outlier norms and little context
-num_train_samples = 20000
-num_val_samples = 1000
+num_train_samples = 8000
+num_val_samples = 500
 seed = 1337
 device = 'cpu'  # 'cpu', 'cuda', 'cuda:1'; under torchrun 'cuda' means this rank's GPU
 dtype = 'auto'  # the frozen LM's storage: 'auto' is bfloat16 on CUDA and on CPUs with bf16 units, else 'float32'

@@ -54,7 +54,7 @@ device = 'cpu'
 dtype = 'auto'  # the frozen LM's storage: 'auto' is bfloat16 on CUDA and on CPUs with bf16 units, else 'float32'
 trust_remote_code = False
 run_name = ''  # '' picks the run in out_dir saved most recently
-eval_samples = 500  # the first val samples (random windows already), at most the whole split
+eval_samples = 200  # the first val samples (random windows already), at most the whole split
 num_print_samples = 3  # samples printed to the console
 # eval
 ckpt = ''  # a checkpoint path; '' means best.pt (else ckpt.pt) of run_name
@@ -201,6 +201,7 @@ if __name__ == '__main__':
                          f"model={model!r} layer={layer}: drop --model and --layer (the checkpoint names them), "
                          f"or pass another --ckpt")
     model, layer = trained_on['model'], trained_on['layer']
+    config.update(trained_on)
     if text_file is not None:
         if not os.path.isfile(text_file):
             raise SystemExit(f"text_file {text_file!r} not found: pass --text_file=path/to/file.txt or --text='...'")
@@ -317,7 +318,8 @@ if __name__ == '__main__':
                                                                         logits_a[0], logits_r[0]))
 
     results = dict(checkpoint=os.path.abspath(ckpt_path), iter_num=checkpoint['iter_num'], num_samples=n, metrics=metrics,
-                   config=config, train_config=checkpoint['config'], lens_config=checkpoint['lens_config'])
+                   config=config, train_config=checkpoint['config'], lens_config=checkpoint['lens_config'],
+                   explanations=explanations, kl_lens_per_sample=kls['lens'].tolist())
     results_path = os.path.join(run_dir, 'results.json')
     with open(results_path + '.tmp', 'w') as f:
         json.dump(results, f, indent=1)

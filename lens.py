@@ -35,7 +35,7 @@ class LensConfig:
     layer: int = 15  # block whose output A is explained and patched
     encoder_layer: int = -1  # block K whose output at the last position the encoder reads; -1: the same block as layer
     t_text: int = 8  # explanation length in tokens
-    decoder_prompt: str = '<|endoftext|>Short explanation of <embed>:'  # <embed> marks A's slot
+    decoder_prompt: str = '<|endoftext|><embed>'  # <embed> marks A's slot; last: the decoder continues from A
     encoder_prompt: str = '<|endoftext|>Summary of the text: <text>'  # <text> marks where the words go
     patch_first_k: int = 0  # also overwrite the slot at the input of the first k blocks
     patch_at_layer: bool = True  # also write A itself at the slot where the LM reads block `layer`'s output
@@ -45,7 +45,7 @@ class LensConfig:
             self.encoder_layer = self.layer
         if self.decoder_prompt.count('<embed>') != 1:
             raise SystemExit(f"decoder_prompt {self.decoder_prompt!r} must contain '<embed>' exactly once: "
-                             f"it marks where the activation goes, e.g. 'Short explanation of <embed>:'")
+                             f"it marks where the activation goes, e.g. '<|endoftext|><embed>'")
         if self.encoder_prompt.count('<text>') != 1:
             raise SystemExit(f"encoder_prompt {self.encoder_prompt!r} must contain '<text>' exactly once: "
                              f"it marks where the explanation goes, e.g. 'Summary of the text: <text>'")

@@ -39,20 +39,20 @@ trust_remote_code = False
 # run
 init_from = 'scratch'  # 'scratch' or 'resume' (the run named run_name, else the newest run in out_dir)
 run_name = ''  # '' names it {dataset}_{model}_L{layer}_t{t_text}_lr{lr}_{timestamp}
-max_iters = 400
+max_iters = 1000  # the embedded default: 1,000 x 8 = 8,000 samples, one epoch of its dump, ~25 min on 2 CPU cores
 batch_size = 8  # samples per optimizer step, over all ranks and accumulation steps
 gradient_accumulation_steps = 1
 compile = False
 # lens
 encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 t_text = 8
-decoder_prompt = '<|endoftext|>Short explanation of <embed>:'
+decoder_prompt = '<|endoftext|><embed>'  # <embed> last: the decoder continues the text from A
 encoder_prompt = '<|endoftext|>Summary of the text: <text>'
 patch_first_k = 0  # also overwrite the decoder's slot at the input of the first k blocks
 patch_at_layer = True  # also write A at the decoder's slot where the LM reads block `layer`'s output
 # loss weights and their schedules, in iterations
 w_kl = 1.0
-w_lm = 1.0  # fluency weight, times alpha
+w_lm = 0.01  # fluency weight, times alpha: its target ignores A, and at 1.0 it pulled the words away from A (docs/experiments.md)
 alpha_warmup_iters = 100  # alpha rises linearly from 0 to 1 so fluency arrives after the KL signal
 w_entropy = 0.0  # entropy bonus, linearly decayed to 0 over entropy_decay_iters (0: constant)
 entropy_decay_iters = 0
@@ -64,7 +64,7 @@ resample_ablation = False  # patch Â + (A' - Â') with A' another sample of the
 tau_start = 1.0  # Gumbel-softmax temperature: held for tau_hold_iters, then decays to tau_end
 tau_end = 0.1
 tau_hold_iters = 100
-tau_decay_iters = 300
+tau_decay_iters = 900
 tau_decay = 'linear'  # 'linear' or 'cosine'
 # optimizer
 learning_rate = 1e-3
@@ -79,8 +79,8 @@ unfreeze_at = -1  # from this iteration the decoder and encoder train their own 
 lm_lr_mult = 0.1  # learning rate of the LM copies relative to learning_rate
 encoder_lr_mult = 1.0  # learning rate of the encoder's maps and prompts relative to learning_rate
 # eval, logging, checkpoints
-eval_interval = 50
-periodic_eval_samples = 200  # val samples in the periodic eval (the first ones of the val split)
+eval_interval = 100
+periodic_eval_samples = 96  # val samples in the periodic eval (the first ones of the val split)
 num_print_samples = 3
 log_interval = 10
 ckpt_interval = 100

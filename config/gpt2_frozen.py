@@ -11,7 +11,7 @@ out_dir = 'out/gpt2_owt_L6'
 layer = 6
 ctx = 128
 min_pos = 8
-num_train_samples = 5_000_000  # ~9 GB of shards; 2 epochs at batch 1024 = 9766 iterations
+num_train_samples = 5_000_000  # ~9 GB of shards; 2 epochs at batch 1024 = 9,766 iterations
 num_val_samples = 50_000
 device = 'cuda'
 compile = True
@@ -22,7 +22,7 @@ decoder_prompt = '<|endoftext|>Short explanation of <embed>. Language, topic, se
 encoder_prompt = '<|endoftext|>Summary of the text, encapsulating the main points and message, style and details: <text>'
 batch_size = 1024  # per optimizer step: 128 per GPU on 8 GPUs; on fewer GPUs raise gradient_accumulation_steps
 gradient_accumulation_steps = 1
-max_iters = 10_000
+max_iters = 9_766  # 2 epochs
 learning_rate = 1e-3
 lr_schedule = 'cosine'
 warmup_iters = 10
@@ -31,7 +31,7 @@ alpha_warmup_iters = 312  # the original's linear alpha warm-up, in optimizer st
 tau_start = 1.0
 tau_end = 0.1
 tau_hold_iters = 625  # the original holds tau for 625 optimizer steps, then decays linearly
-tau_decay_iters = 9_375
+tau_decay_iters = 9_141  # reaches tau_end at the last iteration
 w_entropy = 0.0
 eval_interval = 500
 periodic_eval_samples = 500

@@ -23,12 +23,15 @@ def dump_args(corpus, out, model='tiny-gpt2', **extra):
     return ['dump.py'] + [f'--{k}={v}' for k, v in args.items()]
 
 
-def local_tiny_dir(tmp_path):
-    """tiny-llama saved as a local HF directory with a 257-token word-level tokenizer."""
+def local_tiny_dir(tmp_path, embedding_scale=1.0):
+    """tiny-llama saved as a local HF directory with a 257-token word-level tokenizer; embedding_scale
+    multiplies its input embeddings (1e5 gives a residual stream beyond float16's range)."""
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
     lm, _ = load_model('tiny-llama')
-    folder = tmp_path / 'tiny-llama-dir'
+    with torch.no_grad():
+        lm.get_input_embeddings().weight.mul_(embedding_scale)
+    folder = tmp_path / f'tiny-llama-dir-{embedding_scale:g}'
     lm.save_pretrained(folder)
     vocab = {f'<{i}>': i for i in range(256)} | {'<|endoftext|>': 256}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token='<0>')),
@@ -142,6 +145,16 @@ def test_user_errors(corpus, tmp_path):
         Shards(str(out), 'train')
     with pytest.raises(SystemExit, match="dumped with layer=2, but this run has layer=3"):
         Shards(str(out), 'val', layer=3)
+
+
+def test_activations_beyond_float16_stop_the_dump_unless_stored_as_bfloat16(corpus, tmp_path):
+    model = local_tiny_dir(tmp_path, embedding_scale=1e5)
+    proc = run_script(*dump_args(corpus, tmp_path / 'f16', model=model), check=False)
+    assert proc.returncode == 1 and "beyond float16's range" in proc.stderr and '--acts_dtype=bfloat16' in proc.stderr
+    assert not (tmp_path / 'f16' / 'acts' / 'train' / 'acts_0_0.bin').exists()  # nothing stored as inf
+    run_script(*dump_args(corpus, tmp_path / 'bf16', model=model, acts_dtype='bfloat16'))
+    acts = Shards(str(tmp_path / 'bf16'), 'train').get(np.arange(300))[0]
+    assert torch.isfinite(acts).all() and acts.abs().max() > 65504
 
 
 @pytest.mark.parametrize('world, accumulation', [(1, 1), (2, 1), (1, 3), (2, 3)])

@@ -38,7 +38,8 @@ def test_cheap_kl_equals_the_naive_patched_forward(name):
 def test_gradients_reach_every_trainable_parameter(name):
     lm, tokenizer = load_model(name)
     acts, tokens, pos = batch(lm)
-    config = LensConfig(layer=LAYER, encoder_layer=2, t_text=4, encoder_prompt='Text: <text> means', patch_first_k=2)
+    config = LensConfig(layer=LAYER, encoder_layer=2, t_text=4, decoder_prompt='<|endoftext|>Explain <embed>:',
+                        encoder_prompt='Text: <text> means', patch_first_k=2)
     lens = Lens(config, lm, tokenizer)
     torch.nn.init.normal_(lens.encoder.proj.weight, std=0.01)  # as after one step: at zero it blocks every gradient but its own
     lens(acts, tokens, pos, w_lm=1.0, w_entropy=0.1, w_warm=1.0, resample=True)['loss'].backward()

@@ -158,7 +158,7 @@ def test_the_lens_words_carry_each_activations_own_information(tmp_path):
     run_script('dump.py', *args(shared | dict(num_train_samples=2000, num_val_samples=200, min_pos=2)))
     log = run_script('train.py', *args(shared | dict(
         t_text=1, max_iters=120, batch_size=16, learning_rate=3e-3, warmup_iters=5, eval_interval=120,
-        periodic_eval_samples=100, run_name='tiny', decoder_prompt='<|endoftext|><embed>', w_lm=0.01))).stdout
+        periodic_eval_samples=100, run_name='tiny', w_lm=0.01))).stdout
     final = re.findall(r'val KL (\S+), shuffled explanation (\S+),', log)[-1]
     kl, kl_shuffled = float(final[0]), float(final[1].rstrip(','))
     assert kl < 0.92 * kl_shuffled, log[-1500:]
