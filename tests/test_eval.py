@@ -129,7 +129,7 @@ def test_text_report_holds_every_token_and_explanation_escaped(run):
     assert run['text'].strip().splitlines()[-1].endswith('report_text.html')
     rows = [line for line in run['text'].splitlines() if re.match(r'\s*\d+\s{2}', line)]
     assert len(rows) == len(HOSTILE.encode())  # one byte token per position, every one explained
-    page = (run['run_dir'] / 'report_text.html').read_text()
+    page = (run['run_dir'] / 'report_text.html').read_bytes().decode()  # read_text would turn a '\r' into '\n'
     assert '<script>alert' not in page and page.count('<script>') == 1
     text_div = re.search(r'<div class="text">(.*?)</div>', page, re.S).group(1)
     assert html.unescape(re.sub(r'<[^>]+>', '', text_div)).replace('\u21b5\n', '\n') == HOSTILE
