@@ -111,6 +111,8 @@ def test_schedules_by_value(shards):
     (dict(layer=1), 'dumped with layer=2, but this run has layer=1'),
     (dict(model='tiny-llama'), "dumped with model='tiny-gpt2', but this run has model='tiny-llama'"),
     (dict(init_from='resume', run_name='never-trained'), "init_from='resume' but there is no checkpoint"),
+    (dict(dtype='float16'), "float16 would need loss scaling"),
+    (dict(warm_start_target='later'), "warm_start_target='later'"),
 ])
 def test_user_errors(shards, change, message):
     proc = run_script('train.py', *args(TRAIN | dict(out_dir=shards, run_name='bad') | change), check=False)
