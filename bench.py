@@ -3,7 +3,7 @@ Throughput, time split, peak memory and MFU of one Consistency Lens training ste
 does: Lens.forward with all losses, backward, grad clip, AdamW), or of dump.py's forward.
 
     $ python bench.py config/austen_smollm2.py
-    $ python bench.py --model=gpt2-small-random --layer=6 --encoder_layer=6 --t_text=10 --ctx=128 \
+    $ python bench.py --model=gpt2-small-random --layer=6 --t_text=10 --ctx=128 \
           --batch_size=8 --compare_naive=True
     $ python bench.py --model=gpt2-small-random --layer=6 --ctx=128 --bench=dump
 
@@ -55,7 +55,7 @@ compare_naive = False  # also time the straightforward path and check its losses
 # -----------------------------------------------------------------------------
 configure(globals())
 dtype = pick_dtype(dtype, device)
-encoder_layer = layer if encoder_layer == -1 else encoder_layer
+lens_config = LensConfig(**{f.name: globals()[f.name] for f in fields(LensConfig) if f.name in globals()})
 
 PEAK_FLOPS = {'H100 PCIe': 756e12, 'H100': 989e12, 'H200': 989e12, 'A100': 312e12}  # bf16 dense, first match wins
 WEIGHTS = dict(w_kl=1.0, w_lm=1.0, w_entropy=0.01, w_mse=0.0)  # every loss term in the graph (alpha fully ramped)
@@ -117,6 +117,7 @@ def step_flops(lm, lens, pos, naive):
     d, V, N, B, T = text.hidden_size, text.vocab_size, len(blocks(lm)), len(pos), t_text
     per_block = sum(p.numel() for p in blocks(lm)[0].parameters())
     pairs = lambda n: n * (n + 1) // 2
+    K = lens.cfg.encoder_layer + 1  # blocks the encoder runs
 
     def f(tokens, attn_pairs, n_blocks, head=0, onehot=0, backward=False):
         return 2 * per_block * tokens * n_blocks + 2 * V * d * (head + onehot) + 4 * d * attn_pairs * n_blocks * (1 + backward)
@@ -132,16 +133,16 @@ def step_flops(lm, lens, pos, naive):
         kl_back = dict(tokens=B * ctx, attn_pairs=B * pairs(ctx), n_blocks=N - layer - 1, head=B * ctx)
         return dict(decoder=f(**dec), encoder=f(B * S, B * pairs(S), N, head=B * S, onehot=B * T),
                     kl=2 * f(B * ctx, B * pairs(ctx), N, head=B * ctx), fluency=f(B * R, B * pairs(R), N, head=B * R),
-                    backward=f(**dec, backward=True) + f(B * S, B * pairs(S), encoder_layer + 1, onehot=B * T, backward=True)
+                    backward=f(**dec, backward=True) + f(B * S, B * pairs(S), K, onehot=B * T, backward=True)
                     + f(**kl_back, backward=True))
     # decoder: prefix + T - 1 cached steps, one logit row each; encoder: blocks 0..K; KL: prefix 0..p-1, then
     # position p twice (A, Â), backward through blocks L+1.. at p; fluency: T + 1 logit rows
     dec = dict(tokens=B * (P + T - 1), attn_pairs=B * pairs(P + T - 1), n_blocks=N, head=B * T, onehot=B * (T - 1))
     step = dict(tokens=B, attn_pairs=sum(q + 1 for q in p), head=B)
-    return dict(decoder=f(**dec), encoder=f(B * S, B * pairs(S), encoder_layer + 1, onehot=B * T),
+    return dict(decoder=f(**dec), encoder=f(B * S, B * pairs(S), K, onehot=B * T),
                 kl=f(sum(p), sum(pairs(q) for q in p), N, head=B) + 2 * f(**step, n_blocks=N),
                 fluency=f(B * R, B * pairs(R), N, head=B * (T + 1)),
-                backward=f(**dec, backward=True) + f(B * S, B * pairs(S), encoder_layer + 1, onehot=B * T, backward=True)
+                backward=f(**dec, backward=True) + f(B * S, B * pairs(S), K, onehot=B * T, backward=True)
                 + f(**step, n_blocks=N - layer - 1, backward=True))
 
 
@@ -168,10 +169,9 @@ def run_train(lm, tokenizer):
     """Time train.py's step (Lens.forward, backward, grad clip, AdamW) and, with compare_naive, the
     straightforward reference of tests/naive_lens.py on the same batches and Gumbel noise. The time
     split comes from one extra profiled step (the profiler's own overhead kept out of the timings)."""
-    cfg = LensConfig(**{f.name: globals()[f.name] for f in fields(LensConfig) if f.name in globals()})
     batches = make_batches(lm, warmup_steps + num_steps)
     paths = ['fast', 'naive'] if compare_naive else ['fast']
-    lenses = {path: Lens(cfg, lm, tokenizer).to(device) for path in paths}  # identical inits
+    lenses = {path: Lens(lens_config, lm, tokenizer).to(device) for path in paths}  # identical inits
     for lens in lenses.values():
         lens.stats.set(torch.cat([acts for acts, _, _ in batches]))
     optimizers = {path: torch.optim.AdamW(lenses[path].parameters(), lr=1e-3, weight_decay=0.0, fused=cuda) for path in paths}
@@ -262,7 +262,7 @@ check_layer(lm, layer, 'layer')
 if ctx > max_context(lm):
     raise SystemExit(f"ctx={ctx} is longer than the model's context of {max_context(lm)} tokens: lower --ctx")
 text = lm.config.get_text_config()
-seqsshape = f", encoder_layer {encoder_layer}, t_text {t_text}" if bench == 'train' else ''
+seqsshape = f", encoder_layer {lens_config.encoder_layer}, t_text {t_text}" if bench == 'train' else ''
 print(f"bench {bench}: {model} ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters, {len(blocks(lm))} blocks, "
       f"d {text.hidden_size}, vocab {text.vocab_size}), layer {layer}{seqsshape}, ctx {ctx}, batch {batch_size}, "
       f"{device} {dtype} ({torch.cuda.get_device_name(device) if cuda else f'CPU threads: {torch.get_num_threads()}'}), "

@@ -161,14 +161,6 @@ class Shards:
     def __len__(self):
         return int(self.first[-1])
 
-    def mean(self, limit):
-        """Mean activation over the first `limit` samples (the shards are random windows already)."""
-        total = torch.zeros(self.d_model, dtype=torch.float64)
-        n = min(limit, len(self))
-        for start in range(0, n, 4096):
-            total += self.get(np.arange(start, min(start + 4096, n)))[0].double().sum(0)
-        return (total / n).float()
-
     def get(self, index):
         """Samples `index` (array of ints) as (acts float32 [B, d], tokens long [B, ctx], pos long [B])."""
         index = np.asarray(index)

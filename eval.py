@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from configurator import configure, given_keys
 from dump import Shards, same_setting
-from lens import (explain_all, format_sample, kl_at_position, load_checkpoint, load_lens, newest_run, patched_kls,
+from lens import (explain_all, format_sample, load_checkpoint, load_lens, newest_run, patched_kls,
                   reconstruction_metrics, top_tokens)
 from model import load_model, max_context, pick_dtype, read_activations
 
@@ -117,10 +117,9 @@ def kl_summary(kls):
     return dict(kl=kls.mean().item(), kl_median=q50, kl_p90=q90)
 
 
-def kl_and_tops(tokens, pos, acts, patches):
-    """patched_kls, and the top-3 next tokens at p with A and with the first patch."""
-    kls, logits_a, logits_first = patched_kls(lm, layer, tokens, pos, acts, patches, eval_batch_size)
-    return kls, [(top_tokens(tokenizer, a), top_tokens(tokenizer, r)) for a, r in zip(logits_a, logits_first)]
+def top_pairs(logits_a, logits_first):
+    """The top-3 next tokens at p with A and with the first patch, per sample."""
+    return [(top_tokens(tokenizer, a), top_tokens(tokenizer, r)) for a, r in zip(logits_a, logits_first)]
 
 
 def show_tops(tops):
@@ -241,8 +240,8 @@ if __name__ == '__main__':
         pos = torch.tensor(chosen, device=device)
         acts = batched(lambda t, p: read_activations(lm, layer, t, p).float(), tokens, pos)
         explanations, _, recon = explain_all(lens, acts, eval_batch_size)
-        kls, tops = kl_and_tops(tokens, pos, acts, dict(lens=recon))
-        kls = kls['lens']
+        kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, acts, dict(lens=recon), eval_batch_size)
+        kls, tops = kls['lens'], top_pairs(logits_a, logits_recon)
         items = {p: dict(kl=k, explanation=e, top=t) for p, k, e, t in zip(chosen, kls.tolist(), explanations, tops)}
         pieces = [tokenizer.decode([i]) for i in ids]
         summary = kl_summary(kls)
@@ -277,15 +276,14 @@ if __name__ == '__main__':
     else:
         print("no text_empty baseline: the encoder prompt is '<text>' alone, so an empty explanation is no input at all")
     print(f"explained {n} val samples ({time.time() - t0:.0f}s)", flush=True)
-    kls, tops = kl_and_tops(tokens, pos, acts, patches)
+    kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, acts, patches, eval_batch_size)
+    tops = top_pairs(logits_a, logits_recon)
     fluency = lambda rows: nll(lm, lens.natural_prefix, rows)
     nll_explanation, nll_real = batched(fluency, ids), by_length(windows, fluency)
     print(f"KL of the lens and {len(patches) - 1} baselines, fluency ({time.time() - t0:.0f}s)", flush=True)
-    sampled = torch.stack(list(kl_and_tops(tokens, pos, acts, {k: explain_all(lens, acts, eval_batch_size, 'sample')[2]
-                                                               for k in range(best_of_k)})[0].values()))
+    sampled = {k: explain_all(lens, acts, eval_batch_size, 'sample')[2] for k in range(best_of_k)}
+    sampled = torch.stack(list(patched_kls(lm, layer, tokens, pos, acts, sampled, eval_batch_size)[0].values()))
     print(f"best of {best_of_k} sampled explanations ({time.time() - t0:.0f}s)", flush=True)
-    printed = [kl_at_position(lm, layer, tokens[b:b + 1], pos[b:b + 1], acts[b:b + 1], recon[b:b + 1])
-               for b in range(min(num_print_samples, n))]
 
     methods = {name: kl_summary(kls[name]) | reconstruction_metrics(patch, acts) for name, patch in patches.items()}
     for name in list(methods)[1:]:
@@ -313,9 +311,9 @@ if __name__ == '__main__':
         print(f"{row[0]:<21}" + ''.join(f"{c:>{w}}" for c, w in zip(row[1:], widths)))
     for label, value in extra:
         print(f"{label:<60}{fmt(value):>10}")
-    for b, (_, logits_a, logits_r) in enumerate(printed):
+    for b in range(min(num_print_samples, n)):
         print(f"sample {b} (KL {kls['lens'][b]:.4f}):\n" + format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b],
-                                                                        logits_a[0], logits_r[0]))
+                                                                        logits_a[b], logits_recon[b]))
 
     results = dict(checkpoint=os.path.abspath(ckpt_path), iter_num=checkpoint['iter_num'], num_samples=n, metrics=metrics,
                    config=config, train_config=checkpoint['config'], lens_config=checkpoint['lens_config'],

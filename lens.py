@@ -80,18 +80,11 @@ def reconstruction_metrics(recon, acts):
                 cos=cosine(recon, acts).mean().item(), norm_ratio=(recon.norm(dim=-1) / acts.norm(dim=-1)).mean().item())
 
 
-def identity_linear(d):
+def square_linear(d, identity):
+    """A d x d map that starts as the identity, or at zero (its output then starts at its bias, 0)."""
     proj = nn.Linear(d, d)
     with torch.no_grad():
-        proj.weight.copy_(torch.eye(d))
-        proj.bias.zero_()
-    return proj
-
-
-def zero_linear(d):
-    proj = nn.Linear(d, d)
-    with torch.no_grad():
-        proj.weight.zero_()
+        proj.weight.copy_(torch.eye(d) if identity else torch.zeros(d, d))
         proj.bias.zero_()
     return proj
 
@@ -139,8 +132,8 @@ class Decoder(WithLM):
         self.prompt_right = prompt_parameter(lm, tokenizer, right)
         self.slot = 0 if self.prompt_left is None else len(self.prompt_left)
         d = lm.get_input_embeddings().embedding_dim
-        self.proj = identity_linear(d)
-        self.depth_proj = zero_linear(d) if self.depth is not None else None
+        self.proj = square_linear(d, identity=True)
+        self.depth_proj = square_linear(d, identity=False) if self.depth is not None else None
 
     def prefix(self, acts, lm):
         """The prompt with A in its slot [B, P, d], and what slot_writes writes at the slot at the input of
@@ -216,7 +209,7 @@ class Encoder(WithLM):
         self.__dict__['stats'] = stats  # the Lens's buffers, not saved twice
         self.prompt_prefix = prompt_parameter(lm, tokenizer, prefix)
         self.prompt_postfix = prompt_parameter(lm, tokenizer, postfix)
-        self.proj = zero_linear(lm.get_input_embeddings().embedding_dim)
+        self.proj = square_linear(lm.get_input_embeddings().embedding_dim, identity=False)
 
     def unfreeze(self):
         super().unfreeze(last_block=self.layer)
@@ -257,7 +250,8 @@ def prefix_attention_mask(pos, length, dtype):
     would then poison every real token that shares its batch."""
     column = torch.arange(length, device=pos.device)
     real = column[None] >= (length - pos[:, None])  # [B, length]
-    allowed = (column[:, None] >= column[None, :])[None] & real[:, None, :] | torch.eye(length, dtype=torch.bool, device=pos.device)
+    causal = column[:, None] >= column[None, :]
+    allowed = causal[None] & real[:, None, :] | torch.eye(length, dtype=torch.bool, device=pos.device)
     return torch.zeros(allowed.shape, dtype=dtype, device=pos.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
@@ -317,12 +311,6 @@ def explain_all(lens, acts, batch_size, mode='greedy'):
     """(explanations, ids [n, t_text], Â [n, d]) of every activation, batch_size at a time."""
     parts = [lens.explain(acts[i:i + batch_size], mode) for i in range(0, len(acts), batch_size)]
     return sum((p[0] for p in parts), []), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]).float()
-
-
-def kl_at_position(lm, layer, tokens, pos, acts, recon):
-    """KL(P(.|A) || P(.|Â)) of the next-token distribution at p, per sample, and the two logits."""
-    logits_a, logits_recon = next_token_logits(lm, layer, tokens, pos, acts.detach(), recon)
-    return kl_div(logits_a, logits_recon), logits_a, logits_recon
 
 
 class Lens(nn.Module):

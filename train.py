@@ -320,7 +320,8 @@ while True:
     if last_step:
         break
 
-    lr, tau, alpha, w_ent, w_warm = get_lr(iter_num), get_tau(iter_num), get_alpha(iter_num), get_w_entropy(iter_num), get_w_warm(iter_num)
+    lr, tau, alpha = get_lr(iter_num), get_tau(iter_num), get_alpha(iter_num)
+    w_ent, w_warm = get_w_entropy(iter_num), get_w_warm(iter_num)
     for group in optimizer.param_groups:
         group['lr'] = lr * group['lr_mult']
     t_step = time.time()

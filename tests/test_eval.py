@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import eval as ev
 from conftest import make_corpus, run_script
-from lens import kl_at_position, kl_div, patched_kls, reconstruction_metrics
+from lens import kl_div, next_token_logits, patched_kls, reconstruction_metrics
 from model import load_model, read_activations
 
 REQUIRED = ['explanations_unique', 'kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_shuffled', 'kl_text_empty',
@@ -64,7 +64,8 @@ def test_kl_in_batches_sorted_by_position_equals_one_call():
     tokens, pos = torch.randint(0, 256, (8, 20), generator=generator), torch.randint(0, 20, (8,), generator=generator)
     acts = read_activations(lm, 1, tokens, pos)
     patch = acts + torch.randn(acts.shape, generator=generator)
-    expected, logits_a, logits_r = kl_at_position(lm, 1, tokens, pos, acts, patch)
+    logits_a, logits_r = next_token_logits(lm, 1, tokens, pos, acts, patch)
+    expected = kl_div(logits_a, logits_r)
     kls, got_a, got_r = patched_kls(lm, 1, tokens, pos, acts, dict(lens=patch, zero=torch.zeros_like(patch)), batch_size=3)
     torch.testing.assert_close(kls['lens'], expected, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(got_a, logits_a, rtol=1e-4, atol=1e-4)

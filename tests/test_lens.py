@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lens import Lens, LensConfig, kl_at_position, kl_div, prefix_attention_mask
+from lens import Lens, LensConfig, kl_div, next_token_logits, prefix_attention_mask
 from model import TINY_MODELS, blocks, load_model, patched, read_activations
 
 LAYER = 1
@@ -21,7 +21,7 @@ def test_cheap_kl_equals_the_naive_patched_forward(name):
     lm, _ = load_model(name)
     acts, tokens, pos = batch(lm)
     recon = (acts + 0.5 * torch.randn_like(acts)).requires_grad_(True)
-    kl, _, _ = kl_at_position(lm, LAYER, tokens, pos, acts, recon)
+    kl = kl_div(*next_token_logits(lm, LAYER, tokens, pos, acts, recon))
     grad, = torch.autograd.grad(kl.sum(), recon)
     rows = torch.arange(len(tokens))
     with torch.no_grad(), patched(lm, LAYER, pos, acts):
@@ -61,7 +61,7 @@ def test_training_on_a_fixed_batch_halves_the_kl():
 
     def greedy_kl():
         _, _, recon = lens.explain(acts)
-        return kl_at_position(lm, LAYER, tokens, pos, acts, recon)[0].mean().item()
+        return kl_div(*next_token_logits(lm, LAYER, tokens, pos, acts, recon)).mean().item()
 
     start = greedy_kl()
     for _ in range(40):
