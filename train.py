@@ -9,6 +9,7 @@ torchrun with DDP:
 The batch stream, Gumbel noise and schedules are pure functions of (seed, rank, iteration), so a run
 resumed with init_from='resume' continues exactly as if it had never stopped.
 """
+import gc
 import math
 import os
 import signal
@@ -380,4 +381,6 @@ if ddp:  # a lens whose ranks drifted apart would be a silent bug: check they st
     drift = (params - reference).abs().max()
     torch.distributed.all_reduce(drift, op=torch.distributed.ReduceOp.MAX)
     print0(f"max parameter difference across {world} ranks: {drift.item():.3g}")
+    del lens  # DDP's reducer must go before its process group, or a rank can abort at exit
+    gc.collect()
     torch.distributed.destroy_process_group()
