@@ -7,12 +7,14 @@ the checkpoint.
     $ python eval.py config/austen_smollm2.py --run_name=NAME --best_of_k=8
     $ python eval.py config/austen_smollm2.py --text="It is a truth universally acknowledged"
     $ python eval.py config/austen_smollm2.py --text_file=letter.txt --positions=3,5
+    $ python eval.py --lens=out/austen/RUN/lens --text="She was" --edit=" a great fortune"
 
 Every baseline goes through the same patch at (layer, p) as the lens's Â, and sample i of the n
 measured is paired with sample i+1 (mod n) wherever a baseline needs "another sample":
   zero, mean        the zero vector; the mean activation over 8,192 train samples (the lens's own statistics)
   resample          the paired sample's activation A'
   text_prev_tokens  the encoder reading the t_text real tokens ending at p (fewer when p + 1 < t_text)
+  text_current_token  the encoder reading the token at p alone: how much a lens gets from naming it
   text_shuffled     the encoder reading the paired sample's greedy explanation (the encoder is
                     deterministic, so this is the paired sample's Â)
   text_empty        the encoder reading an empty explanation: its prompt alone
@@ -25,6 +27,10 @@ for that reason alone.
 Best-of-K samples K explanations per activation (temperature 1) and keeps the lowest-KL one. It is an
 oracle choice, since it needs A's own output: it shows how much better the decoder can write, not a
 lens anyone can run without A.
+Steering: sample i's explanation is replaced by the (up to t_text) real tokens that follow p in the
+paired sample, read by the encoder and patched in; edit_rises is how often that raises the probability
+of their first token over Â's, edit_rises_other how often it raises the first token of a third sample's
+edit (the control: an edit that moves predictions at random raises both as often).
 """
 import html
 import json
@@ -58,19 +64,23 @@ eval_samples = 200  # the first val samples (random windows already), at most th
 num_print_samples = 3  # samples printed to the console
 # eval
 ckpt = ''  # a checkpoint path; '' means best.pt (else ckpt.pt) of run_name
+lens = ''  # ... or a lens folder (config.json + lens.safetensors, <run dir>/lens): needs no checkpoint or run
 eval_batch_size = 32
 best_of_k = 4  # sampled explanations per activation; the curve reports K = 1, 2, 4, ... best_of_k
 report_samples = 40  # samples shown in report.html
 text = None  # explain every token of this text instead of measuring the val shards
 text_file = None  # ... or of this file's text
 positions = None  # only these token positions of the text, e.g. --positions=3,5
+edit = None  # with a text: these words replace the explanation at the last token (or at --positions), e.g. --edit=' the ball'
 # -----------------------------------------------------------------------------
 
 
 def find_checkpoint():
-    """--ckpt, else best.pt (or ckpt.pt) of run_name, else of the run in out_dir saved most recently."""
-    if ckpt:
-        return ckpt
+    """--lens or --ckpt, else best.pt (or ckpt.pt) of run_name, else of the run in out_dir saved most recently."""
+    if lens and ckpt:
+        raise SystemExit(f"lens={lens!r} and ckpt={ckpt!r} both name the lens to load: pass one of them")
+    if lens or ckpt:
+        return lens or ckpt
     run = run_name or newest_run(out_dir, ['best.pt', 'ckpt.pt'])
     for name in ('best.pt', 'ckpt.pt'):
         if run and os.path.exists(os.path.join(out_dir, run, name)):
@@ -142,7 +152,7 @@ def token_span(piece, item=None, scale=1.0, mark=False):
         return f'<span class="t">{shown}</span>'
     alpha = min(1.0, item['kl'] / scale) ** 0.5
     data = dict(tok=repr(piece), kl=f"{item['kl']:.4f}", expl=visible(item['explanation']), a=show_tops(item['top'][0]),
-                r=show_tops(item['top'][1]))
+                r=show_tops(item['top'][1]), **({'edit': show_tops(item['top'][2])} if len(item['top']) > 2 else {}))
     attrs = ' '.join(f'data-{k}="{html.escape(v)}"' for k, v in data.items())
     return f'<span class="t x{" p" if mark else ""}" style="background:rgba(220,40,40,{alpha:.2f})" {attrs}>{shown}</span>'
 
@@ -169,7 +179,8 @@ background:linear-gradient(to right,rgba(220,40,40,0),rgba(220,40,40,1))}
 font-size:13px;white-space:pre-wrap}"""
     script = """document.addEventListener('click', e => { const t = e.target.closest('.x'); if (!t) return;
   document.getElementById('panel').textContent = 'token ' + t.dataset.tok + '   KL ' + t.dataset.kl + ' nats\\n' +
-    'explanation: ' + t.dataset.expl + '\\nnext with A: ' + t.dataset.a + '\\nnext with \\u00c2: ' + t.dataset.r; });"""
+    'explanation: ' + t.dataset.expl + '\\nnext with A: ' + t.dataset.a + '\\nnext with \\u00c2: ' + t.dataset.r +
+    (t.dataset.edit ? '\\nnext with the edit: ' + t.dataset.edit : ''); });"""
     page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{style}</style>'
             f'</head><body><h2>{html.escape(title)}</h2><p class="note">{html.escape(ckpt_path)}, iteration '
             f'{checkpoint["iter_num"]}, {html.escape(model)} block {layer}. Hover a coloured token for its explanation, '
@@ -190,7 +201,7 @@ if __name__ == '__main__':
     # checks before anything heavy: the checkpoint must explain this model's block, the data must exist
     ckpt_path = find_checkpoint()
     checkpoint = load_checkpoint(ckpt_path)
-    run_dir = os.path.dirname(os.path.abspath(ckpt_path))
+    run_dir = ckpt_path if os.path.isdir(ckpt_path) else os.path.dirname(os.path.abspath(ckpt_path))  # the results go here
     print(f"checkpoint: {ckpt_path} (iteration {checkpoint['iter_num']})")
     # the lens explains one block of one model: take them from the checkpoint unless given, and then they must agree
     given = given_keys()
@@ -198,9 +209,12 @@ if __name__ == '__main__':
     if any(k in given and not same_setting(globals()[k], v) for k, v in trained_on.items()):
         raise SystemExit(f"{ckpt_path} explains block {trained_on['layer']} of {trained_on['model']}, but this run has "
                          f"model={model!r} layer={layer}: drop --model and --layer (the checkpoint names them), "
-                         f"or pass another --ckpt")
+                         f"or pass another --{'lens' if lens else 'ckpt'}")
     model, layer = trained_on['model'], trained_on['layer']
     config.update(trained_on)
+    if edit is not None and not (text_mode and str(edit)):
+        raise SystemExit(f"edit={edit!r}: an edit replaces the explanation of a token of a text, pass --text='...' "
+                         f"and non-empty words, e.g. --edit=' the ball'")
     if text_file is not None:
         if not os.path.isfile(text_file):
             raise SystemExit(f"text_file {text_file!r} not found: pass --text_file=path/to/file.txt or --text='...'")
@@ -220,7 +234,7 @@ if __name__ == '__main__':
             raise SystemExit(f"best_of_k={best_of_k}: the best-of-K curve needs at least one sample, pass --best_of_k=4")
 
     lm, tokenizer = load_model(model, device, trust_remote_code, dtype)
-    lens = load_lens(checkpoint, lm, tokenizer).eval()
+    lens = load_lens(checkpoint, lm, tokenizer, model).eval()
     t_text = lens.cfg.t_text
     torch.manual_seed(seed)
 
@@ -232,7 +246,8 @@ if __name__ == '__main__':
         if len(ids) > max_context(lm):
             raise SystemExit(f"the text is {len(ids)} tokens, longer than {model}'s context of {max_context(lm)}: "
                              f"shorten it or split it into pieces")
-        chosen = list(range(len(ids))) if positions is None else [int(p) for p in re.findall(r'-?\d+', str(positions))]
+        every = list(range(len(ids))) if edit is None else [len(ids) - 1]  # an edit goes to the last token unless --positions
+        chosen = every if positions is None else [int(p) for p in re.findall(r'-?\d+', str(positions))]
         if not chosen or not all(0 <= p < len(ids) for p in chosen):
             raise SystemExit(f"positions={positions!r}: the text has tokens 0..{len(ids) - 1}, "
                              f"pass e.g. --positions=0,{len(ids) - 1}")
@@ -243,23 +258,32 @@ if __name__ == '__main__':
         kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, acts, dict(lens=recon), eval_batch_size)
         kls, tops = kls['lens'], top_pairs(logits_a, logits_recon)
         items = {p: dict(kl=k, explanation=e, top=t) for p, k, e, t in zip(chosen, kls.tolist(), explanations, tops)}
+        if edit is not None:  # the user's words in place of each explanation: read by the encoder, patched in at p
+            edited = lens.encoder(torch.tensor([tokenizer.encode(str(edit))], device=device)).float().expand_as(acts)
+            kls_edit, _, logits_edit = patched_kls(lm, layer, tokens, pos, acts, dict(edit=edited), eval_batch_size)
+            for item, k, e in zip(items.values(), kls_edit['edit'].tolist(), logits_edit):
+                item['top'] += (top_tokens(tokenizer, e),)
+                item['kl_edit'] = k
         pieces = [tokenizer.decode([i]) for i in ids]
         summary = kl_summary(kls)
         print(f"{'pos':>4}  {'token':<14} {'KL':>8}  explanation")
         for p, item in items.items():
             print(f"{p:>4}  {repr(pieces[p])[:14]:<14} {item['kl']:8.4f}  {item['explanation']!r}")
+            if edit is not None:
+                print(f"      next with A:    {show_tops(item['top'][0])}\n      next with Â:    {show_tops(item['top'][1])}\n"
+                      f"      next with edit: {show_tops(item['top'][2])}   (KL {item['kl_edit']:.4f})")
         print(f"KL over {len(chosen)} positions: mean {summary['kl']:.4f}, median {summary['kl_median']:.4f}, "
               f"p90 {summary['kl_p90']:.4f} nats")
         scale = max(summary['kl_p90'], 1e-6)
-        rows = [[p, repr(pieces[p]), fmt(it['kl']), visible(it['explanation']), show_tops(it['top'][0]),
-                 show_tops(it['top'][1])]
+        rows = [[p, repr(pieces[p]), fmt(it['kl']), visible(it['explanation']), *map(show_tops, it['top'])]
                 for p, it in items.items()]
+        head = ['pos', 'token', 'KL', 'explanation', 'next with A', 'next with Â'] + ['next with the edit'] * (edit is not None)
         write_report(os.path.join(run_dir, 'report_text.html'), 'Consistency Lens: explained text',
                      html_table([('positions', 'KL mean (nats)', 'KL median', 'KL p90'),
                                  (len(chosen), *map(fmt, summary.values()))]) +
+                     ('' if edit is None else f'<p>edit: <b class="e">{html.escape(visible(str(edit)))}</b></p>') +
                      '<div class="text">' + ''.join(token_span(t, items.get(p), scale) for p, t in enumerate(pieces)) +
-                     '</div><h3>Every explained position</h3>' +
-                     html_table([('pos', 'token', 'KL', 'explanation', 'next with A', 'next with Â')] + rows), scale)
+                     '</div><h3>Every explained position</h3>' + html_table([head] + rows), scale)
         raise SystemExit(0)
 
     # measure on the val shards
@@ -270,7 +294,8 @@ if __name__ == '__main__':
     t0 = time.time()  # progress lines: on a CPU every KL pass is a forward over n contexts, minutes for a real model
     explanations, ids, recon = explain_all(lens, acts, eval_batch_size)
     patches = dict(lens=recon, zero=torch.zeros_like(acts), mean=lens.stats.mean.expand_as(acts), resample=acts[partner],
-                   text_prev_tokens=by_length(windows, lens.encoder).float(), text_shuffled=recon[partner])
+                   text_prev_tokens=by_length(windows, lens.encoder).float(),
+                   text_current_token=batched(lens.encoder, tokens.gather(1, pos[:, None])).float(), text_shuffled=recon[partner])
     if lens.encoder.prompt_prefix is not None or lens.encoder.prompt_postfix is not None:
         patches['text_empty'] = lens.encoder(ids[:1, :0]).float().expand_as(acts)
     else:
@@ -284,6 +309,15 @@ if __name__ == '__main__':
     sampled = {k: explain_all(lens, acts, eval_batch_size, 'sample')[2] for k in range(best_of_k)}
     sampled = torch.stack(list(patched_kls(lm, layer, tokens, pos, acts, sampled, eval_batch_size)[0].values()))
     print(f"best of {best_of_k} sampled explanations ({time.time() - t0:.0f}s)", flush=True)
+    # steering: the real tokens after p of the paired sample as the explanation (its window may end at p: skipped)
+    following = [tokens[j, p + 1:p + 1 + t_text] for j, p in zip(partner.tolist(), pos[partner].tolist())]
+    s = torch.tensor([i for i in range(n) if len(following[i])], device=device, dtype=torch.long)
+    edits = by_length([following[i] for i in s.tolist()], lens.encoder).float()
+    logits_edit = patched_kls(lm, layer, tokens[s], pos[s], acts[s], dict(edit=edits), eval_batch_size)[2]
+    gain = F.log_softmax(logits_edit.float(), -1) - F.log_softmax(logits_recon[s].float(), -1)  # [len(s), V]
+    first = torch.stack([following[i][0] for i in s.tolist()])
+    own, other = gain.gather(1, first[:, None])[:, 0], gain.gather(1, first.roll(-1)[:, None])[:, 0]
+    print(f"steering with {len(s)} edits ({time.time() - t0:.0f}s)", flush=True)
 
     methods = {name: kl_summary(kls[name]) | reconstruction_metrics(patch, acts) for name, patch in patches.items()}
     for name in list(methods)[1:]:
@@ -295,7 +329,9 @@ if __name__ == '__main__':
     curve = sorted({2 ** i for i in range(best_of_k.bit_length())} | {best_of_k})
     metrics |= dict(nll_explanation=nll_explanation.mean().item(), nll_real_text=nll_real.mean().item(),
                     distinct_ratio=distinct_ratio(ids), explanations_unique=len(set(explanations)) / n,
-                    kl_best_of_k={str(k): sampled[:k].min(0).values.mean().item() for k in curve})
+                    kl_best_of_k={str(k): sampled[:k].min(0).values.mean().item() for k in curve},
+                    edit_rises=(own > 0).float().mean().item(), edit_rises_other=(other > 0).float().mean().item(),
+                    edit_logp_gain=own.mean().item(), edit_logp_gain_other=other.mean().item())
 
     table = [['metric', *methods]] + [[label] + [fmt(m.get(k)) for m in methods.values()] for label, k in (
         ('KL mean (nats)', 'kl'), ('KL median', 'kl_median'), ('KL p90', 'kl_p90'), ('KL recovered by lens', 'kl_recovered'),
@@ -305,6 +341,10 @@ if __name__ == '__main__':
              ('distinct tokens / tokens per explanation', metrics['distinct_ratio']),
              ('distinct explanations / samples (1: every A gets its own words)', metrics['explanations_unique'])]
     extra += [(f'mean KL of the best of {k} sampled explanations', v) for k, v in metrics['kl_best_of_k'].items()]
+    extra += [("steering: edits raising their first token's probability", metrics['edit_rises']),
+              ("  ... raising another sample's edit's first token (control)", metrics['edit_rises_other']),
+              ("steering: mean gain in log-probability of that token", metrics['edit_logp_gain']),
+              ("  ... of the control token", metrics['edit_logp_gain_other'])]
     print(f"\n{n} val samples, {model} block {layer}, iteration {checkpoint['iter_num']}")
     widths = [max(9, len(name) + 2) for name in methods]
     for row in table:

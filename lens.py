@@ -16,12 +16,14 @@ frozen LM that defines the KL is never trained and is not a submodule, so DDP, s
 optimizer only ever see the lens's trainable parameters.
 """
 import contextlib
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch.profiler import record_function
 from transformers import DynamicCache
 
@@ -39,6 +41,7 @@ class LensConfig:
     encoder_prompt: str = '<|endoftext|>Summary of the text: <text>'  # <text> marks where the words go
     patch_first_k: int = 0  # also overwrite the slot at the input of the first k blocks
     patch_at_layer: bool = True  # also write A itself at the slot where the LM reads block `layer`'s output
+    encoder_init: str = 'zero'  # W_e at the start: 'identity' (Â = h) or 'zero' (Â = mean: iteration 0 is mean ablation)
 
     def __post_init__(self):
         if self.encoder_layer == -1:
@@ -49,6 +52,8 @@ class LensConfig:
         if self.encoder_prompt.count('<text>') != 1:
             raise SystemExit(f"encoder_prompt {self.encoder_prompt!r} must contain '<text>' exactly once: "
                              f"it marks where the explanation goes, e.g. 'Summary of the text: <text>'")
+        if self.encoder_init not in ('identity', 'zero'):
+            raise SystemExit(f"encoder_init={self.encoder_init!r}: use 'identity' (Â starts as h) or 'zero' (Â starts at the mean)")
         if self.t_text < 1:
             raise SystemExit(f"t_text={self.t_text}: an explanation needs at least one token, pass --t_text=10")
 
@@ -209,7 +214,7 @@ class Encoder(WithLM):
         self.__dict__['stats'] = stats  # the Lens's buffers, not saved twice
         self.prompt_prefix = prompt_parameter(lm, tokenizer, prefix)
         self.prompt_postfix = prompt_parameter(lm, tokenizer, postfix)
-        self.proj = square_linear(lm.get_input_embeddings().embedding_dim, identity=False)
+        self.proj = square_linear(lm.get_input_embeddings().embedding_dim, identity=cfg.encoder_init == 'identity')
 
     def unfreeze(self):
         super().unfreeze(last_block=self.layer)
@@ -243,14 +248,14 @@ class ActivationStats(nn.Module):
         self.scale.copy_((acts.float() - self.mean).pow(2).mean().sqrt())
 
 
-def prefix_attention_mask(pos, length, dtype):
+def prefix_attention_mask(pos, length, dtype, window=None):
     """The additive 4-D mask [B, 1, length, length] of a prefix left-padded so that sample b's tokens
-    0..pos[b]-1 end at the last column: causal over real tokens, and each padded row attends to itself
-    only. No row is fully masked: some SDPA backends (cuDNN) return NaN for such rows, and a NaN key
-    would then poison every real token that shares its batch."""
+    0..pos[b]-1 end at the last column: causal over real tokens (within the last `window` tokens if
+    given), and each padded row attends to itself only. No row is fully masked: some SDPA backends
+    (cuDNN) return NaN for such rows, and a NaN key would then poison every real token of its batch."""
     column = torch.arange(length, device=pos.device)
     real = column[None] >= (length - pos[:, None])  # [B, length]
-    causal = column[:, None] >= column[None, :]
+    causal = (column[:, None] >= column[None, :]) & (column[:, None] - column[None, :] < (window or length))
     allowed = causal[None] & real[:, None, :] | torch.eye(length, dtype=torch.bool, device=pos.device)
     return torch.zeros(allowed.shape, dtype=dtype, device=pos.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
@@ -264,10 +269,14 @@ def next_token_logits(lm, layer, tokens, pos, *patches):
     source = torch.arange(P, device=tokens.device)[None] - (P - pos[:, None])  # prefix ends at column P-1
     cache = DynamicCache()
     if P > 0:
+        config, dtype = lm.config.get_text_config(), compute_dtype(lm)
+        mask = prefix_attention_mask(pos, P, dtype)
+        if getattr(config, 'sliding_window', None):  # HF hands a 4-D mask to every block as is, without its window
+            windowed = prefix_attention_mask(pos, P, dtype, config.sliding_window)
+            mask = dict(full_attention=mask, sliding_attention=windowed) if hasattr(config, 'layer_types') else windowed
         with torch.no_grad():
             lm.base_model(input_ids=tokens.gather(1, source.clamp(min=0)), position_ids=source.clamp(min=0),
-                          attention_mask=prefix_attention_mask(pos, P, compute_dtype(lm)),
-                          past_key_values=cache, use_cache=True)  # no LM head
+                          attention_mask=mask, past_key_values=cache, use_cache=True)  # no LM head
     step = dict(input_ids=tokens.gather(1, pos[:, None]), position_ids=pos[:, None], past_key_values=cache,
                 attention_mask=torch.cat([(source >= 0).long(), source.new_ones(B, 1)], 1), use_cache=True)
     logits = []
@@ -377,9 +386,38 @@ class Lens(nn.Module):
         return [self.tokenizer.decode(row) for row in ids.tolist()], ids, self.encoder(ids)
 
 
+def model_signature(lm):
+    """What a lens must match in the model it is loaded onto."""
+    emb = lm.get_input_embeddings()
+    return dict(d_model=emb.embedding_dim, vocab_size=emb.num_embeddings, num_blocks=len(blocks(lm)))
+
+
+def save_lens_folder(lens, folder, model, iter_num=None, train_config=None):
+    """Share a trained lens as <folder>/config.json (its settings and the model it explains) and
+    <folder>/lens.safetensors (its trainable parameters and activation statistics: no pickle, so a lens
+    from anyone is safe to load). A lens with unfrozen LM copies is saved whole, the copies included."""
+    os.makedirs(folder, exist_ok=True)
+    # cloned: the tied weights of an LM copy share memory, which safetensors refuses to write
+    save_file({k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in lens.state_dict().items()},
+              os.path.join(folder, 'lens.safetensors.tmp'))
+    with open(os.path.join(folder, 'config.json.tmp'), 'w') as f:
+        json.dump(dict(model=model, **model_signature(lens.lm), unfrozen=lens.decoder.lm_copy is not None, iter_num=iter_num,
+                       lens_config=asdict(lens.cfg), config=dict(train_config or {}, model=model)), f, indent=1)
+    for name in ('lens.safetensors', 'config.json'):  # renamed into place: a reader never sees half a file
+        os.replace(os.path.join(folder, name + '.tmp'), os.path.join(folder, name))
+
+
 def load_checkpoint(path):
+    """A checkpoint of train.py, or a lens folder of save_lens_folder as the same dict (less the optimizer)."""
+    if os.path.isdir(path):
+        config, tensors = os.path.join(path, 'config.json'), os.path.join(path, 'lens.safetensors')
+        if not (os.path.exists(config) and os.path.exists(tensors)):
+            raise SystemExit(f"{path} is not a lens folder (config.json and lens.safetensors): pass the folder "
+                             f"that train.py writes next to best.pt, <run dir>/lens")
+        return json.load(open(config)) | dict(lens=load_file(tensors))
     if not os.path.exists(path):
-        raise SystemExit(f"checkpoint {path} not found: train one with train.py, or pass --ckpt=path/to/ckpt.pt")
+        raise SystemExit(f"checkpoint {path} not found: train one with train.py, or pass --ckpt=path/to/ckpt.pt "
+                         f"or --lens=path/to/lens_folder")
     return torch.load(path, map_location='cpu', weights_only=True)
 
 
@@ -390,8 +428,17 @@ def newest_run(out_dir, files):
     return max(saved, default=(0, ''))[1]
 
 
-def load_lens(checkpoint, lm, tokenizer):
-    """The trained lens of a checkpoint (from load_checkpoint) on the frozen LM `lm`."""
+def load_lens(checkpoint, lm, tokenizer, model):
+    """The trained lens of a checkpoint (from load_checkpoint) on the frozen LM `lm`, loaded from `model`.
+    A lens works only on the model it was trained on: another one is refused before anything is built."""
+    trained = checkpoint['config']['model']
+    saved = dict(model=os.path.normpath(trained)) | {k: checkpoint[k] for k in model_signature(lm) if k in checkpoint}
+    found = dict(model=os.path.normpath(model)) | model_signature(lm)
+    wrong = [k for k in saved if saved[k] != found[k]]
+    if wrong:
+        raise SystemExit(f"this lens was trained on {', '.join(f'{k}={saved[k]}' for k in wrong)}, but the model given has "
+                         f"{', '.join(f'{k}={found[k]}' for k in wrong)}: a lens works only on the model it was "
+                         f"trained on, load it onto {trained}")
     lens = Lens(LensConfig(**checkpoint['lens_config']), lm, tokenizer)
     if checkpoint['unfrozen']:
         lens.unfreeze()

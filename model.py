@@ -13,7 +13,7 @@ import os
 
 import torch
 
-TINY_MODELS = ('tiny-gpt2', 'tiny-llama')
+TINY_MODELS = ('tiny-gpt2', 'tiny-llama', 'tiny-qwen2', 'tiny-gemma2', 'tiny-neox')
 BLOCK_PATHS = ('transformer.h', 'model.layers', 'model.language_model.layers', 'gpt_neox.layers',
                'model.decoder.layers')
 
@@ -50,22 +50,29 @@ class HFTokenizer:
 def tiny_model(name):
     """Seeded random-init models of a few hundred thousand parameters, for tests and smoke runs. Weights
     are drawn 15x wider than HF's default so the predictions are sharp and a lens has something to learn."""
-    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    import transformers
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         if name == 'tiny-gpt2':  # tied embeddings, learned positions
-            config = GPT2Config(vocab_size=257, n_positions=128, n_embd=64, n_layer=4, n_head=4,
-                                initializer_range=0.3, bos_token_id=256, eos_token_id=256)
-            return GPT2LMHeadModel(config)
-        config = LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                             tie_word_embeddings=False, initializer_range=0.3, bos_token_id=256,
-                             eos_token_id=256, pad_token_id=None)
-        return LlamaForCausalLM(config)  # untied embeddings, RoPE, grouped-query attention
+            config = transformers.GPT2Config(vocab_size=257, n_positions=128, n_embd=64, n_layer=4, n_head=4,
+                                             initializer_range=0.3, bos_token_id=256, eos_token_id=256)
+            return transformers.GPT2LMHeadModel(config)
+        architecture, settings = {  # each adds a way of embedding, attending or tying that the tests must cover
+            'tiny-llama': ('Llama', dict(num_key_value_heads=2, tie_word_embeddings=False)),  # RoPE, grouped-query
+            'tiny-qwen2': ('Qwen2', dict(num_key_value_heads=2, tie_word_embeddings=True)),  # q/k/v biases
+            # tied; sqrt(d)-scaled embeddings, soft-capped logits, a window of 8 on blocks 0, 2 (below the tests' ctx)
+            'tiny-gemma2': ('Gemma2', dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=8)),
+            'tiny-neox': ('GPTNeoX', dict(tie_word_embeddings=False)),  # parallel residual, rotary on 1/4 of a head
+        }[name]
+        config = getattr(transformers, f'{architecture}Config')(
+            vocab_size=257, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+            max_position_embeddings=128, initializer_range=0.3, bos_token_id=256, eos_token_id=256, pad_token_id=None,
+            **settings)
+        return getattr(transformers, f'{architecture}ForCausalLM')(config)
 
 
 def load_model(name, device='cpu', trust_remote_code=False, dtype='float32'):
-    """(model, tokenizer) for a HF hub name, a local HF directory, or 'tiny-gpt2' / 'tiny-llama', frozen,
+    """(model, tokenizer) for a HF hub name, a local HF directory, or one of TINY_MODELS, frozen,
     its blocks stored in `dtype` ('float32' or 'bfloat16'; resolve 'auto' with pick_dtype first)."""
     if name in TINY_MODELS:
         model, tokenizer = tiny_model(name), ByteTokenizer()

@@ -12,7 +12,10 @@ resumed with init_from='resume' continues exactly as if it had never stopped.
 import gc
 import math
 import os
+import re
+import shutil
 import signal
+import socket
 import time
 from dataclasses import asdict, fields
 
@@ -23,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from configurator import configure, given_keys
 from dump import Shards, batch_indices, same_setting
 from lens import (Lens, LensConfig, explain_all, format_sample, load_checkpoint, newest_run, patched_kls,
-                  reconstruction_metrics)
+                  reconstruction_metrics, save_lens_folder)
 from model import load_model, pick_dtype
 
 # -----------------------------------------------------------------------------
@@ -51,6 +54,7 @@ decoder_prompt = '<|endoftext|><embed>'  # <embed> last: the decoder continues t
 encoder_prompt = '<|endoftext|>Summary of the text: <text>'
 patch_first_k = 0  # also overwrite the decoder's slot at the input of the first k blocks
 patch_at_layer = True  # also write A at the decoder's slot where the LM reads block `layer`'s output
+encoder_init = 'zero'  # the encoder's map at the start: 'identity' (Â = h) or 'zero' (Â = the mean A)
 # loss weights and their schedules, in iterations
 w_kl = 1.0
 w_lm = 0.01  # fluency weight, times alpha: its target ignores A, and at 1.0 it pulled the words away from A (docs/experiments.md)
@@ -69,9 +73,14 @@ tau_decay_iters = 900
 tau_decay = 'linear'  # 'linear' or 'cosine'
 # optimizer
 learning_rate = 1e-3
-lr_schedule = 'cosine'  # 'cosine', 'linear' (both to min_lr) or 'constant', after warmup
+lr_schedule = 'cosine'  # after warmup: 'cosine', 'linear', 'polynomial' (to min_lr at max_iters), 'cosine_with_restarts',
+# 'exponential' (floored at min_lr) or 'constant'
 warmup_iters = 20
 min_lr = 1e-5
+lr_power = 1.0  # polynomial: lr falls as (1 - progress) ** lr_power
+lr_restart_iters = 250  # cosine_with_restarts: the first cycle's length; each next one is lr_restart_mult x longer
+lr_restart_mult = 1.0
+lr_gamma = 0.999  # exponential: lr x lr_gamma per iteration
 beta1 = 0.9
 beta2 = 0.999
 weight_decay = 0.01  # only on the unfrozen LM copies: decaying the identity-initialised maps would pull them to 0
@@ -81,13 +90,15 @@ lm_lr_mult = 0.1  # learning rate of the LM copies relative to learning_rate
 encoder_lr_mult = 1.0  # learning rate of the encoder's maps and prompts relative to learning_rate
 # eval, logging, checkpoints
 eval_interval = 100
-periodic_eval_samples = 96  # val samples in the periodic eval (the first ones of the val split)
+periodic_eval_samples = 96  # the LAST val samples: best.pt is not picked on eval.py's (the first eval_samples)
 num_print_samples = 3
 log_interval = 10
-ckpt_interval = 100
+ckpt_interval = 100  # ckpt.pt, the newest, is what init_from='resume' continues from
+keep_last = 0  # also keep the last keep_last periodic checkpoints as ckpt_<iter>.pt (0: only ckpt.pt and best.pt)
 wandb_log = False
 wandb_project = 'consistency-lens'
 wandb_mode = 'online'  # or 'offline': logs to ./wandb, `wandb sync` later
+wandb_run_id = ''  # log into this wandb run (e.g. one started elsewhere); '' takes the checkpoint's or starts one
 # -----------------------------------------------------------------------------
 config = configure(globals())
 dtype = pick_dtype(dtype, device)
@@ -105,6 +116,9 @@ if batch_size % (world * gradient_accumulation_steps):
     raise SystemExit(f"batch_size={batch_size} does not divide across {world} ranks x {gradient_accumulation_steps} "
                      f"accumulation steps: make it a multiple of {world * gradient_accumulation_steps}")
 micro_batch = batch_size // (world * gradient_accumulation_steps)
+LR_SCHEDULES = ('cosine', 'linear', 'polynomial', 'cosine_with_restarts', 'exponential', 'constant')
+if lr_schedule not in LR_SCHEDULES:
+    raise SystemExit(f"lr_schedule={lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
 if warm_start_target not in ('previous', 'next'):
     raise SystemExit(f"warm_start_target={warm_start_target!r}: use 'previous' (the tokens ending at p) or 'next' (after p)")
 if device.startswith('cuda'):
@@ -162,6 +176,11 @@ if ddp:  # ranks may start in different seconds: all take rank 0's timestamped n
     torch.distributed.broadcast_object_list(names, 0)
     run_name = names[0]
 run_dir = os.path.join(out_dir, run_name)
+# the machines and the scheduler's job that ran it go to the log, the checkpoint and wandb
+nodes = [socket.gethostname()] * world
+if ddp:
+    torch.distributed.all_gather_object(nodes, socket.gethostname())
+config.update(nodes=', '.join(sorted(set(nodes))), slurm_job_id=os.environ.get('SLURM_JOB_ID', ''))
 
 # the frozen LM and the lens
 lm, tokenizer = load_model(model, device, trust_remote_code, dtype)
@@ -211,10 +230,19 @@ lens = wrap(raw_lens)
 def get_lr(it):
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
+    it -= warmup_iters
     if lr_schedule == 'constant':
         return learning_rate
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if lr_schedule == 'cosine' else 1 - progress
+    if lr_schedule == 'exponential':
+        return max(min_lr, learning_rate * lr_gamma ** it)
+    if lr_schedule == 'cosine_with_restarts':  # SGDR: back to learning_rate at the start of every cycle
+        cycle = lr_restart_iters
+        while it >= cycle:
+            it, cycle = it - cycle, cycle * lr_restart_mult
+        progress = it / cycle
+    else:
+        progress = min(1.0, it / max(1, max_iters - warmup_iters))
+    decay = dict(linear=1 - progress, polynomial=(1 - progress) ** lr_power).get(lr_schedule, 0.5 * (1 + math.cos(math.pi * progress)))
     return min_lr + decay * (learning_rate - min_lr)
 
 
@@ -243,11 +271,11 @@ def get_batch(it, micro_step):
 
 @torch.no_grad()
 def evaluate():
-    """eval.py's measurement on the first periodic_eval_samples val samples, greedy explanations: the
+    """eval.py's measurement on the last periodic_eval_samples val samples, greedy explanations: the
     lens's KL beside the KL of a shuffled explanation (sample i+1's Â: equal means the words carry
     nothing about A) and of mean ablation (the scale), the fraction of distinct explanations, MSE and
     FVE. Each rank takes a slice; the results are gathered on every rank."""
-    acts, tokens, pos = (t.to(device) for t in val_data.get(np.arange(rank, periodic_eval_samples, world)))
+    acts, tokens, pos = (t.to(device) for t in val_data.get(np.arange(len(val_data) - periodic_eval_samples + rank, len(val_data), world)))
     explanations, ids, recon = explain_all(raw_lens, acts, micro_batch)
     patches = dict(lens=recon, text_shuffled=recon.roll(-1, 0), mean=raw_lens.stats.mean.expand_as(acts))
     kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, acts, patches, micro_batch)
@@ -273,9 +301,28 @@ def save(path):
     os.replace(path + '.tmp', path)
 
 
+def save_latest():
+    """ckpt.pt and, with keep_last, its numbered twin ckpt_<iter>.pt (a hard link where the filesystem has
+    them: no second copy on disk), removing the numbered ones older than the last keep_last."""
+    latest = os.path.join(run_dir, 'ckpt.pt')
+    save(latest)
+    if keep_last > 0:
+        numbered = os.path.join(run_dir, f'ckpt_{iter_num}.pt')
+        if os.path.exists(numbered):
+            os.remove(numbered)
+        try:
+            os.link(latest, numbered)
+        except OSError:
+            shutil.copyfile(latest, numbered)
+        kept = sorted(int(m[1]) for m in map(re.compile(r'ckpt_(\d+)\.pt$').match, os.listdir(run_dir)) if m)
+        for old in kept[:-keep_last]:
+            os.remove(os.path.join(run_dir, f'ckpt_{old}.pt'))
+
+
 if wandb_log and master:
     import wandb
-    run = wandb.init(project=wandb_project, name=run_name, config=config, mode=wandb_mode, id=wandb_id, resume='allow')
+    run = wandb.init(project=wandb_project, name=run_name, config=config, mode=wandb_mode, id=wandb_run_id or wandb_id,
+                     resume='allow')
     wandb_id = run.id
 
 stop_requested = False
@@ -289,7 +336,8 @@ def request_stop(signum, frame):
 signal.signal(signal.SIGTERM, request_stop)
 signal.signal(signal.SIGINT, request_stop)
 
-print0(f"run {run_name}: {len(train_data)} train / {len(val_data)} val samples, batch {batch_size} "
+print0(f"run {run_name} on {config['nodes']}{', SLURM job ' + config['slurm_job_id'] if config['slurm_job_id'] else ''}: "
+       f"{len(train_data)} train / {len(val_data)} val samples, batch {batch_size} "
        f"({world} ranks x {gradient_accumulation_steps} accumulation x {micro_batch}), frozen LM in {dtype} on {device}, "
        f"{sum(p.numel() for p in raw_lens.parameters() if p.requires_grad):,} trainable parameters")
 t0, step_times, skipped_in_a_row = time.time(), [], 0
@@ -316,8 +364,9 @@ while True:
             best_val_kl = metrics['kl']
             if master:
                 save(os.path.join(run_dir, 'best.pt'))
+                save_lens_folder(raw_lens, os.path.join(run_dir, 'lens'), model, iter_num, config)  # to share: no optimizer, no pickle
     if master and (last_step or iter_num > 0 and iter_num % ckpt_interval == 0):
-        save(os.path.join(run_dir, 'ckpt.pt'))
+        save_latest()
     if last_step:
         break
 
@@ -368,7 +417,7 @@ while True:
                       samples_per_s=batch_size / step_time), step=iter_num)
     if flags[1]:
         if master:
-            save(os.path.join(run_dir, 'ckpt.pt'))
+            save_latest()
         print0(f"stopped by signal at iteration {iter_num}: checkpoint saved, resume with "
                f"--init_from=resume --run_name={run_name}")
         break

@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT, run_script
 from dump import Shards
-from model import TINY_MODELS, block_output, load_model, patched, read_activations
+from model import TINY_MODELS, block_output, blocks, embed, load_model, patched, read_activations
 
 LAYER, CTX = 2, 32
 
@@ -41,12 +41,26 @@ def local_tiny_dir(tmp_path, embedding_scale=1.0):
 
 
 def test_tiny_models_are_tiny():
-    counts = {name: sum(p.numel() for p in load_model(name)[0].parameters()) for name in TINY_MODELS}
-    assert counts == {'tiny-gpt2': 224_704, 'tiny-llama': 180_928}
+    models = {name: load_model(name)[0] for name in TINY_MODELS}
+    assert {name: sum(p.numel() for p in lm.parameters()) for name, lm in models.items()} == {
+        'tiny-gpt2': 224_704, 'tiny-llama': 180_928, 'tiny-qwen2': 164_992, 'tiny-gemma2': 164_992, 'tiny-neox': 166_912}
+    # both kinds, so the tests of trainable_copy see a tied LM head stay trainable and an untied one frozen
+    tied = [name for name, lm in models.items() if lm.get_output_embeddings().weight is lm.get_input_embeddings().weight]
+    assert tied == ['tiny-gpt2', 'tiny-qwen2', 'tiny-gemma2']
 
 
-@pytest.mark.parametrize('name, acts_dtype', [('tiny-gpt2', 'float16'), ('tiny-llama', 'float16'),
-                                              ('local-dir', 'float16'), ('tiny-llama', 'bfloat16')])
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_one_hot_rows_embed_like_their_ids(name):
+    """The decoder feeds its words back as one-hot rows, which must get the embedding layer's own scale."""
+    lm, _ = load_model(name)
+    ids = torch.arange(257)
+    expected = lm.get_input_embeddings().weight * (8.0 if name == 'tiny-gemma2' else 1.0)  # Gemma scales by sqrt(d)
+    assert torch.equal(embed(lm, ids), expected)
+    assert torch.equal(embed(lm, torch.nn.functional.one_hot(ids).float()), expected)
+
+
+@pytest.mark.parametrize('name, acts_dtype', [('tiny-gpt2', 'float16'), ('tiny-llama', 'float16'), ('local-dir', 'float16'),
+                                              ('tiny-llama', 'bfloat16'), ('tiny-gemma2', 'float16')])
 def test_dumped_activations_equal_a_fresh_forward(name, acts_dtype, corpus, tmp_path):
     model = local_tiny_dir(tmp_path) if name == 'local-dir' else name
     out = tmp_path / 'out'
@@ -75,8 +89,7 @@ def test_early_exit_and_patch(name):
         assert torch.equal(block_output(lm, LAYER, input_ids=tokens), full.hidden_states[LAYER + 1])
         values = torch.randn(3, lm.config.hidden_size)
         captured = []
-        handle = lm.model.layers[LAYER + 1].register_forward_pre_hook(lambda m, a: captured.append(a[0])) \
-            if name == 'tiny-llama' else lm.transformer.h[LAYER + 1].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+        handle = blocks(lm)[LAYER + 1].register_forward_pre_hook(lambda m, a: captured.append(a[0]))
         with patched(lm, LAYER, pos, values):
             logits = lm(tokens).logits
         handle.remove()

@@ -5,6 +5,7 @@ import ast
 import html
 import json
 import math
+import os
 import re
 
 import pytest
@@ -13,12 +14,13 @@ import torch.nn.functional as F
 
 import eval as ev
 from conftest import make_corpus, run_script
-from lens import kl_div, next_token_logits, patched_kls, reconstruction_metrics
-from model import load_model, read_activations
+from lens import (Lens, LensConfig, kl_div, load_checkpoint, load_lens, next_token_logits, patched_kls,
+                  reconstruction_metrics, save_lens_folder)
+from model import frozen, load_model, read_activations
 
-REQUIRED = ['explanations_unique', 'kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_shuffled', 'kl_text_empty',
-            'fve', 'nll_explanation', 'nll_real_text']
-BASELINES = ['zero', 'mean', 'resample', 'text_prev_tokens', 'text_shuffled', 'text_empty']
+REQUIRED = ['explanations_unique', 'kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_current_token', 'kl_text_shuffled', 'kl_text_empty',
+            'fve', 'nll_explanation', 'nll_real_text', 'edit_rises', 'edit_rises_other', 'edit_logp_gain', 'edit_logp_gain_other']
+BASELINES = ['zero', 'mean', 'resample', 'text_prev_tokens', 'text_current_token', 'text_shuffled', 'text_empty']
 HOSTILE = 'Hi <script>alert(1)</script> & "quotes"\nline two'
 
 
@@ -146,6 +148,7 @@ def test_text_report_holds_every_token_and_explanation_escaped(run):
     (['--text='], 'the text to explain is empty'),
     ([f'--text={"x" * 129}'], "longer than tiny-gpt2's context of 128"),
     (['--text_file=/no/such/file.txt'], 'not found'),
+    (['--edit= the ball'], 'an edit replaces the explanation of a token of a text'),
 ])
 def test_errors_name_cause_and_fix(run, args, message):
     proc = run_script('eval.py', *run['common'], *args, check=False)
@@ -159,3 +162,76 @@ def test_missing_checkpoint_and_missing_shards(run, tmp_path):
     assert proc.returncode == 1 and 'no checkpoint (best.pt or ckpt.pt) in' in proc.stderr and 'train.py' in proc.stderr
     proc = run_script('eval.py', *common, f'--out_dir={tmp_path}', f"--ckpt={run['run_dir'] / 'best.pt'}", check=False)
     assert proc.returncode == 1 and 'no activation shards' in proc.stderr and 'dump.py' in proc.stderr
+
+
+@pytest.fixture(scope='module')
+def shared(run):
+    """The lens folder train.py wrote beside best.pt: the same lens, without the optimizer or a pickle."""
+    folder, best = run['run_dir'] / 'lens', torch.load(run['run_dir'] / 'best.pt', weights_only=True)
+    shared = load_checkpoint(str(folder))
+    assert shared['iter_num'] == best['iter_num'] and shared['lens_config'] == best['lens_config']
+    assert set(shared['lens']) == set(best['lens']) and all(torch.equal(shared['lens'][k], v) for k, v in best['lens'].items())
+    return folder
+
+
+def test_a_lens_folder_explains_and_measures_as_its_checkpoint(run, shared):
+    no_model = [c for c in run['common'] if not c.startswith(('--model', '--layer'))]  # the folder names them
+    text = run_script('eval.py', f'--lens={shared}', f'--text={HOSTILE}', '--dtype=float32').stdout  # no run, no shards
+    rows = lambda out: [line for line in out.splitlines() if re.match(r'\s*\d+\s{2}', line)]
+    assert rows(text) == rows(run['text']) and len(rows(text)) == len(HOSTILE.encode())
+    run_script('eval.py', *no_model, f'--lens={shared}', '--eval_samples=500', '--best_of_k=3')
+    got, want = (json.load(open(folder / 'results.json')) for folder in (shared, run['run_dir']))
+    assert got['metrics'] == want['metrics'] and got['explanations'] == want['explanations']
+    assert {'config.json', 'lens.safetensors', 'report.html', 'report_text.html'} <= set(os.listdir(shared))
+    proc = run_script('eval.py', *run['common'], f'--lens={shared}', '--layer=1', check=False)
+    assert proc.returncode == 1 and "explains block 2 of tiny-gpt2, but this run has model='tiny-gpt2' layer=1" in proc.stderr
+    assert 'or pass another --lens' in proc.stderr
+
+
+@pytest.mark.parametrize('name, shape, message', [
+    ('tiny-llama', None, 'trained on model=tiny-gpt2, but the model given has model=tiny-llama'),
+    ('tiny-gpt2', dict(n_embd=32), 'trained on d_model=64, but the model given has d_model=32'),
+    ('tiny-gpt2', dict(vocab_size=300), 'trained on vocab_size=257, but the model given has vocab_size=300'),
+    ('tiny-gpt2', dict(n_layer=2), 'trained on num_blocks=4, but the model given has num_blocks=2'),  # block 2 out of range
+])
+def test_a_lens_is_refused_on_another_model(shared, name, shape, message):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    lm, tokenizer = load_model(name)
+    if shape:  # another model under the lens's model name
+        lm = frozen(GPT2LMHeadModel(GPT2Config(**dict(vocab_size=257, n_positions=128, n_embd=64, n_layer=4, n_head=4) | shape)), 'cpu')
+    with pytest.raises(SystemExit, match=re.escape(message) + '.*load it onto tiny-gpt2'):
+        load_lens(load_checkpoint(str(shared)), lm, tokenizer, name)
+
+
+def test_a_folder_without_a_lens_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match='is not a lens folder \\(config.json and lens.safetensors\\): pass the folder'):
+        load_checkpoint(str(tmp_path))
+
+
+def test_an_unfrozen_lens_is_shared_whole(tmp_path):
+    lm, tokenizer = load_model('tiny-gpt2')  # tied embeddings: each LM copy holds one tensor under two names
+    lens = Lens(LensConfig(layer=2, t_text=4), lm, tokenizer)
+    lens.stats.set(torch.randn(16, 64) * 3 + 1)
+    lens.unfreeze()
+    with torch.no_grad():
+        for p in lens.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_lens_folder(lens, str(tmp_path / 'lens'), 'tiny-gpt2')
+    loaded = load_lens(load_checkpoint(str(tmp_path / 'lens')), lm, tokenizer, 'tiny-gpt2')
+    want, got = lens.state_dict(), loaded.state_dict()
+    assert loaded.decoder.lm_copy is not None and set(got) == set(want) and any('lm_copy' in k for k in got)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    acts = torch.randn(5, 64) * 3
+    (words, ids, recon), (words2, ids2, recon2) = lens.explain(acts), loaded.explain(acts)
+    assert words == words2 and torch.equal(recon, recon2)
+
+
+def test_edit_shows_three_predictions_and_moves_the_edited_one(run, shared):
+    out = run_script('eval.py', f'--lens={shared}', '--text=Hello world', '--edit=zq zq zq', '--dtype=float32').stdout
+    rows = [line for line in out.splitlines() if re.match(r'\s*\d+\s{2}', line)]
+    assert len(rows) == 1 and rows[0].split()[0] == '10'  # the last token only
+    tops = {line.split(':')[0].strip(): line.split(':', 1)[1] for line in out.splitlines() if line.strip().startswith('next with')}
+    assert set(tops) == {'next with A', 'next with Â', 'next with edit'}
+    assert tops['next with edit'].split('(KL')[0].strip() != tops['next with Â'].strip()
+    page = (shared / 'report_text.html').read_text()
+    assert '<th>next with the edit</th>' in page and 'zq zq zq' in page and 'data-edit=' in page

@@ -103,6 +103,42 @@ def test_schedules_by_value(shards):
     assert alpha[0] == 0.0 and alpha[2] == 0.5 and alpha[4] == alpha[11] == 1.0
 
 
+@pytest.mark.parametrize('schedule, expected', [  # lr at steps 2..11, after 2 warmup steps, by the formula
+    (dict(lr_schedule='cosine_with_restarts', lr_restart_iters=3, lr_restart_mult=2.0),  # cycles at steps 2, 5, 11
+     [1e-4 + 0.5 * (1 + math.cos(math.pi * x)) * 9e-4 for x in (0, 1 / 3, 2 / 3, 0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 0)]),
+    (dict(lr_schedule='polynomial', lr_power=2.0), [1e-4 + (1 - k / 10) ** 2 * 9e-4 for k in range(10)]),
+    (dict(lr_schedule='exponential', lr_gamma=0.7), [max(1e-4, 1e-3 * 0.7 ** k) for k in range(10)]),
+])
+def test_lr_schedules_by_value(shards, schedule, expected):
+    log = train(shards, 'lr_' + schedule['lr_schedule'], max_iters=12, log_interval=1, eval_interval=100, warmup_iters=2,
+                learning_rate=1e-3, min_lr=1e-4, **schedule).stdout
+    lr = {int(k) - 1: float(v) for k, v in re.findall(r'^iter (\d+):.* lr (\S+) \|', log, re.M)}
+    assert [lr[k] for k in range(2, 12)] == pytest.approx(expected, rel=1e-2)
+
+
+def test_keep_last_keeps_the_newest_numbered_checkpoints_and_resume_continues_the_newest(shards):
+    train(shards, 'numbered', max_iters=8, ckpt_interval=2, keep_last=2, eval_interval=100)
+    run = shards / 'numbered'
+    assert sorted(f.name for f in run.glob('ckpt*.pt')) == ['ckpt.pt', 'ckpt_6.pt', 'ckpt_8.pt']
+    newest = torch.load(run / 'ckpt_8.pt', weights_only=True)
+    assert newest['iter_num'] == 8 and torch.load(run / 'ckpt_6.pt', weights_only=True)['iter_num'] == 6
+    for key, value in final_params(shards, 'numbered').items():
+        assert torch.equal(value, newest['lens'][key])
+    resumed = train(shards, 'numbered', max_iters=10, ckpt_interval=2, keep_last=2, eval_interval=100, init_from='resume')
+    assert 'resuming numbered from iteration 8' in resumed.stdout
+    assert sorted(f.name for f in run.glob('ckpt*.pt')) == ['ckpt.pt', 'ckpt_10.pt', 'ckpt_8.pt']
+
+
+def test_wandb_offline_logs_into_the_given_run_id_and_records_the_job(shards, tmp_path):
+    log = run_script('train.py', *args(TRAIN | dict(out_dir=shards, run_name='logged', max_iters=4, wandb_log=True,
+                                                   wandb_mode='offline', wandb_run_id='cl-test-run')),
+                     env=dict(WANDB_DIR=str(tmp_path), SLURM_JOB_ID='4242')).stdout
+    assert 'SLURM job 4242' in log
+    run_files = list(tmp_path.glob('wandb/offline-run-*-cl-test-run/run-cl-test-run.wandb'))  # config inside, protobuf
+    assert len(run_files) == 1 and b'slurm_job_id' in run_files[0].read_bytes() and b'4242' in run_files[0].read_bytes()
+    assert torch.load(shards / 'logged' / 'ckpt.pt', weights_only=True)['wandb_id'] == 'cl-test-run'
+
+
 @pytest.mark.parametrize('change, message', [
     (dict(batch_size=5, gradient_accumulation_steps=2), 'batch_size=5 does not divide across 1 ranks x 2'),
     (dict(decoder_prompt='Explain this:'), "must contain '<embed>' exactly once"),
@@ -113,6 +149,7 @@ def test_schedules_by_value(shards):
     (dict(init_from='resume', run_name='never-trained'), "init_from='resume' but there is no checkpoint"),
     (dict(dtype='float16'), "float16 would need loss scaling"),
     (dict(warm_start_target='later'), "warm_start_target='later'"),
+    (dict(lr_schedule='step'), "lr_schedule='step': use one of cosine, linear, polynomial"),
 ])
 def test_user_errors(shards, change, message):
     proc = run_script('train.py', *args(TRAIN | dict(out_dir=shards, run_name='bad') | change), check=False)
