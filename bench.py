@@ -201,6 +201,12 @@ def run_train(lm, tokenizer):
             if i >= warmup_steps:
                 seconds[path] += time.perf_counter() - t0
             peak_mem[path] = max(peak_mem.get(path, 0), torch.cuda.max_memory_allocated(device) if cuda else 0)
+        sync()
+        t0 = time.perf_counter()
+        with torch.no_grad():  # what acts_source='tokens' adds to a step: A from the early-exit forward
+            read_activations(lm, layer, tokens, pos)
+        sync()
+        seconds['A'] = seconds.get('A', 0.0) + (time.perf_counter() - t0) * (i >= warmup_steps)
     split = {}
     if not compile:
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
@@ -225,6 +231,8 @@ def run_train(lm, tokenizer):
                 print(f"  {part:<12}{part_seconds * 1000:>9.0f} ms  {flops.get(part, 0) / batch_size / 1e9:>8.2f} GFLOP/sample")
         print(f"  {achieved / 1e9:.1f} GFLOP/s achieved" + (f", {100 * achieved / peak:.1f}% of the peak ({'MFU' if cuda else 'utilisation'})"
                                                            if peak else ''))
+    print(f"\ncomputing A in the step (acts_source='tokens'): {seconds['A'] / num_steps * 1000:.0f} ms/batch, "
+          f"{100 * seconds['A'] / seconds['fast']:.0f}% of the fast step")
     if compare_naive:
         diff = max(abs(f[k] - n[k]) / max(abs(f[k]), abs(n[k]), 1e-8)
                    for f, n in zip(outs['fast'], outs['naive']) for k in f)

@@ -24,6 +24,8 @@ import time
 import numpy as np
 import torch
 
+from model import read_activations
+
 # -----------------------------------------------------------------------------
 # the settings shared by dump.py, train.py and eval.py; defaults: the embedded default (CPU)
 model = 'assets/smollm2-135m'  # HF hub name, local HF directory, or tiny-gpt2 / tiny-llama
@@ -65,7 +67,7 @@ def read_tokens(data_dir, split):
     return tokens, meta
 
 
-def sample_windows(num_tokens, n, split):
+def sample_windows(num_tokens, n, split, seed, ctx, min_pos):
     """Window starts (distinct) and positions p of a split's n samples, the same on every rank."""
     rng = np.random.default_rng([seed, SPLITS.index(split)])
     if n > num_tokens - ctx + 1:
@@ -177,6 +179,31 @@ class Shards:
         return acts.float(), torch.from_numpy(tokens), torch.from_numpy(pos)
 
 
+class TokenWindows:
+    """The windows dump.py would write for a split, with A computed by the early-exit forward when a
+    batch is read (acts_source='tokens': no dump needed). get() is Shards.get: the same samples in the
+    same order, so the batch stream, resume and the ranks' slices are those of training from a dump."""
+
+    def __init__(self, lm, data_dir, split, n, layer, ctx, min_pos, seed, batch_size=32):
+        self.lm, self.layer, self.ctx, self.batch_size = lm, layer, ctx, batch_size
+        self.data = read_tokens(data_dir, split)[0]
+        self.starts, self.pos = sample_windows(len(self.data), n, split, seed, ctx, min_pos)
+
+    def __len__(self):
+        return len(self.pos)
+
+    @torch.no_grad()
+    def get(self, index):
+        index = np.asarray(index)
+        tokens = torch.from_numpy(np.stack([self.data[s:s + self.ctx] for s in self.starts[index]]).astype(np.int64))
+        pos = torch.from_numpy(self.pos[index])
+        device = self.lm.get_input_embeddings().weight.device
+        acts = torch.cat([read_activations(self.lm, self.layer, tokens[i:i + self.batch_size].to(device),
+                                           pos[i:i + self.batch_size].to(device)).float()
+                          for i in range(0, len(index), self.batch_size)])
+        return acts, tokens.to(device), pos.to(device)
+
+
 if __name__ == '__main__':
     from configurator import configure
     from model import check_layer, load_model, max_context, pick_dtype, read_activations
@@ -204,7 +231,7 @@ if __name__ == '__main__':
 
     for split, num_samples in (('train', num_train_samples), ('val', num_val_samples)):
         data, corpus_meta = corpora[split]
-        starts, positions = sample_windows(len(data), num_samples, split)
+        starts, positions = sample_windows(len(data), num_samples, split, seed, ctx, min_pos)
         folder = split_dir(out_dir, split)
         os.makedirs(folder, exist_ok=True)
         wanted = dict(model=model, layer=layer, ctx=ctx, min_pos=min_pos, seed=seed, num_samples=num_samples,

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from configurator import configure, given_keys
-from dump import Shards, same_setting
+from dump import Shards, TokenWindows, read_tokens, same_setting
 from lens import (explain_all, format_sample, load_checkpoint, load_lens, newest_run, patched_kls,
                   reconstruction_metrics, top_tokens)
 from model import load_model, max_context, pick_dtype, read_activations
@@ -56,6 +56,9 @@ out_dir = 'out/austen'  # reads <out_dir>/acts and <out_dir>/<run_name>/{best,ck
 layer = 15
 ctx = 64
 seed = 1337
+acts_source = 'shards'  # or 'tokens' (the val windows from data_dir, A computed here); unless given, the checkpoint's
+num_val_samples = 500  # acts_source='tokens': as dump.py draws them
+min_pos = 8
 device = 'cpu'
 dtype = 'auto'  # the frozen LM's storage: 'auto' is bfloat16 on CUDA and on CPUs with bf16 units, else 'float32'
 trust_remote_code = False
@@ -223,11 +226,18 @@ if __name__ == '__main__':
         text = str(text)  # the configurator reads --text=123 as a number
         if not text:
             raise SystemExit("the text to explain is empty: pass --text='some words' or a non-empty --text_file")
-    else:
-        val_data = Shards(out_dir, 'val', model=model, layer=layer, **({'ctx': ctx} if 'ctx' in given else {}))
-        n = min(eval_samples, len(val_data))
+    else:  # the val windows of the dump, or (a lens trained with acts_source='tokens') those it would hold
+        windows = {k: globals()[k] if k in given else checkpoint['config'].get(k, globals()[k])
+                   for k in ('acts_source', 'data_dir', 'num_val_samples', 'ctx', 'min_pos', 'seed')}
+        if windows['acts_source'] == 'tokens':
+            read_tokens(windows['data_dir'], 'val')  # the corpus exists: checked before the model loads
+            num_val = windows['num_val_samples']
+        else:
+            val_data = Shards(out_dir, 'val', model=model, layer=layer, **({'ctx': ctx} if 'ctx' in given else {}))
+            num_val = len(val_data)
+        n = min(eval_samples, num_val)
         if n < eval_samples:
-            print(f"eval_samples={eval_samples} but the val split has {len(val_data)} samples: measuring all {n}")
+            print(f"eval_samples={eval_samples} but the val split has {num_val} samples: measuring all {n}")
         if n < 2:
             raise SystemExit(f"eval_samples={eval_samples}: the baselines pair each sample with another, measure at least 2")
         if best_of_k < 1:
@@ -235,6 +245,9 @@ if __name__ == '__main__':
 
     lm, tokenizer = load_model(model, device, trust_remote_code, dtype)
     lens = load_lens(checkpoint, lm, tokenizer, model).eval()
+    if not text_mode and windows['acts_source'] == 'tokens':
+        val_data = TokenWindows(lm, windows['data_dir'], 'val', windows['num_val_samples'], layer, windows['ctx'],
+                                windows['min_pos'], windows['seed'], eval_batch_size)
     t_text = lens.cfg.t_text
     torch.manual_seed(seed)
 

@@ -73,7 +73,10 @@ def tiny_model(name):
 
 def load_model(name, device='cpu', trust_remote_code=False, dtype='float32'):
     """(model, tokenizer) for a HF hub name, a local HF directory, or one of TINY_MODELS, frozen,
-    its blocks stored in `dtype` ('float32' or 'bfloat16'; resolve 'auto' with pick_dtype first)."""
+    its blocks stored in `dtype` ('float32', 'bfloat16' or 'int8'; resolve 'auto' with pick_dtype first)."""
+    if name in TINY_MODELS and dtype == 'int8':
+        raise SystemExit(f"dtype='int8' quantizes a pretrained model as it loads; {name} is built from a config: "
+                         f"use dtype='float32' or 'bfloat16'")
     if name in TINY_MODELS:
         model, tokenizer = tiny_model(name), ByteTokenizer()
     else:
@@ -84,8 +87,11 @@ def load_model(name, device='cpu', trust_remote_code=False, dtype='float32'):
             raise SystemExit(f"model directory '{name}' not found: for the embedded default run "
                              f"`python data/austen/prepare.py`, or pass --model=path/to/hf_dir or a hub name")
         try:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32,
-                                                         trust_remote_code=trust_remote_code)
+            # int8: bitsandbytes' LLM.int8() blocks on the GPU, the LM head kept in full precision for the KL
+            quantized = {} if dtype != 'int8' else dict(device_map={'': device}, dtype=torch.bfloat16,
+                quantization_config=__import__('transformers').BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=['lm_head']))
+            model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code,
+                                                         **(quantized or dict(dtype=torch.float32)))
             tokenizer = HFTokenizer(name, AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code))
         except OSError as e:
             raise SystemExit(f"could not load model '{name}': not a local model directory, and the hub said "
@@ -94,7 +100,7 @@ def load_model(name, device='cpu', trust_remote_code=False, dtype='float32'):
     return frozen(model, device, dtype), tokenizer
 
 
-DTYPES = dict(float32=torch.float32, bfloat16=torch.bfloat16)
+DTYPES = dict(float32=torch.float32, bfloat16=torch.bfloat16, int8=torch.bfloat16)  # int8: the dtype it computes in
 
 
 def cpu_has_bf16():
@@ -113,7 +119,15 @@ def pick_dtype(dtype, device):
         dtype = 'bfloat16' if device.startswith('cuda') or cpu_has_bf16() else 'float32'
     if dtype not in DTYPES:
         hint = " (float16 would need loss scaling, which this code does not do)" if dtype == 'float16' else ''
-        raise SystemExit(f"dtype={dtype!r} is not supported{hint}: use 'auto', 'bfloat16' or 'float32'")
+        raise SystemExit(f"dtype={dtype!r} is not supported{hint}: use 'auto', 'bfloat16', 'float32' or 'int8' (GPU)")
+    if dtype == 'int8':
+        if not device.startswith('cuda'):
+            raise SystemExit(f"dtype='int8' loads the frozen LM with bitsandbytes, which needs a CUDA GPU, and the device "
+                             f"is {device!r}: use dtype='auto' here, or --device=cuda on a GPU machine")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise SystemExit("dtype='int8' needs bitsandbytes: `pip install bitsandbytes`, or use dtype='auto'")
     return dtype
 
 
@@ -121,7 +135,8 @@ def set_precision(model, dtype):
     """Store the blocks in `dtype`, but the input embeddings and the LM head in fp32: the logits that the
     KL compares keep full precision, and the one-hot product of the explanation's tokens is exact. The
     embedding's output is cast to the blocks' dtype by a hook (see frozen)."""
-    model.to(DTYPES[dtype])
+    if dtype != 'int8':  # bitsandbytes placed and typed the int8 blocks as they loaded
+        model.to(DTYPES[dtype])
     model.get_input_embeddings().float().compute_dtype = DTYPES[dtype]
     model.get_output_embeddings().float()
     return model
@@ -133,7 +148,7 @@ def compute_dtype(model):
 
 def frozen(model, device, dtype='float32'):
     """The model on `device`, in eval mode (a model built from a config starts with dropout on), frozen."""
-    set_precision(model.to(device), dtype)
+    set_precision(model if dtype == 'int8' else model.to(device), dtype)
     model.get_input_embeddings().register_forward_hook(lambda module, args, out: out.to(module.compute_dtype))
     # logits_to_keep hands the LM head a non-contiguous slice, for which PyTorch falls back to a batched
     # matmul 2-5x slower than on a contiguous copy (measured: 289 vs 55 ms for [8, 11, 768] on CPU)

@@ -24,10 +24,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure, given_keys
-from dump import Shards, batch_indices, same_setting
+from dump import Shards, TokenWindows, batch_indices, read_tokens, same_setting
 from lens import (Lens, LensConfig, explain_all, format_sample, load_checkpoint, newest_run, patched_kls,
                   reconstruction_metrics, save_lens_folder)
-from model import load_model, pick_dtype
+from model import check_layer, load_model, pick_dtype
 
 # -----------------------------------------------------------------------------
 # data and model (shared with dump.py and eval.py)
@@ -37,6 +37,10 @@ out_dir = 'out/austen'  # reads <out_dir>/acts, writes <out_dir>/<run_name>/{ckp
 layer = 15
 ctx = 64
 seed = 1337
+acts_source = 'shards'  # 'shards' (dump.py's) or 'tokens': the windows dump.py would write, A computed in the step
+num_train_samples = 8000  # acts_source='tokens': windows per split, drawn as dump.py draws them
+num_val_samples = 500
+min_pos = 8
 device = 'cpu'
 dtype = 'auto'  # the frozen LM's storage: 'auto' is bfloat16 on CUDA and on CPUs with bf16 units, else 'float32'
 trust_remote_code = False
@@ -119,6 +123,9 @@ micro_batch = batch_size // (world * gradient_accumulation_steps)
 LR_SCHEDULES = ('cosine', 'linear', 'polynomial', 'cosine_with_restarts', 'exponential', 'constant')
 if lr_schedule not in LR_SCHEDULES:
     raise SystemExit(f"lr_schedule={lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+if dtype == 'int8' and unfreeze_at >= 0:
+    raise SystemExit(f"unfreeze_at={unfreeze_at} trains copies of the LM, which an int8 LM cannot give: "
+                     f"use dtype='bfloat16' to unfreeze, or unfreeze_at=-1")
 if warm_start_target not in ('previous', 'next'):
     raise SystemExit(f"warm_start_target={warm_start_target!r}: use 'previous' (the tokens ending at p) or 'next' (after p)")
 if device.startswith('cuda'):
@@ -141,12 +148,19 @@ def print0(*args):
 # data: check the shards before loading anything heavy. model, layer and ctx come from the dump unless
 # the config or the command line sets them, and then they must agree with it
 given = given_keys()
-train_data = Shards(out_dir, 'train', **{k: globals()[k] for k in ('model', 'layer', 'ctx') if k in given})
-model, layer, ctx = (train_data.meta[k] for k in ('model', 'layer', 'ctx'))
-config.update(model=model, layer=layer, ctx=ctx)
-val_data = Shards(out_dir, 'val', model=model, layer=layer, ctx=ctx)
-if periodic_eval_samples > len(val_data):
-    raise SystemExit(f"periodic_eval_samples={periodic_eval_samples} but the val split has {len(val_data)}: lower --periodic_eval_samples")
+if acts_source == 'shards':
+    train_data = Shards(out_dir, 'train', **{k: globals()[k] for k in ('model', 'layer', 'ctx') if k in given})
+    model, layer, ctx = (train_data.meta[k] for k in ('model', 'layer', 'ctx'))
+    config.update(model=model, layer=layer, ctx=ctx)
+    val_data = Shards(out_dir, 'val', model=model, layer=layer, ctx=ctx)
+elif acts_source == 'tokens':
+    for split in ('train', 'val'):
+        read_tokens(data_dir, split)  # the corpus exists: checked before the model loads
+else:
+    raise SystemExit(f"acts_source={acts_source!r}: use 'shards' (run dump.py first) or 'tokens' (no dump)")
+num_val = num_val_samples if acts_source == 'tokens' else len(val_data)
+if periodic_eval_samples > num_val:
+    raise SystemExit(f"periodic_eval_samples={periodic_eval_samples} but the val split has {num_val}: lower --periodic_eval_samples")
 
 # the run folder and its checkpoint
 if init_from == 'resume':
@@ -184,6 +198,10 @@ config.update(nodes=', '.join(sorted(set(nodes))), slurm_job_id=os.environ.get('
 
 # the frozen LM and the lens
 lm, tokenizer = load_model(model, device, trust_remote_code, dtype)
+if acts_source == 'tokens':
+    check_layer(lm, layer)
+    train_data, val_data = (TokenWindows(lm, data_dir, split, n, layer, ctx, min_pos, seed, micro_batch)
+                            for split, n in (('train', num_train_samples), ('val', num_val_samples)))
 lens_config = LensConfig(**{field.name: globals()[field.name] for field in fields(LensConfig)})
 lens = Lens(lens_config, lm, tokenizer).to(device)
 if not checkpoint:

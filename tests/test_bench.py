@@ -16,6 +16,7 @@ def test_compare_naive_losses_agree(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert 'random tokens' in proc.stdout  # no shards in tmp_path: says which data it used
     assert 'fast path:' in proc.stdout and 'naive path:' in proc.stdout
+    assert re.search(r"computing A in the step \(acts_source='tokens'\): \d+ ms/batch, \d+% of the fast step", proc.stdout)
     diff = float(re.search(r'max relative loss difference.*: (\S+)$', proc.stdout, re.M).group(1))
     assert diff < 1e-4
     assert re.fullmatch(r'speedup_vs_naive: \d+\.\d\d', lines[-1])

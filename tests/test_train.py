@@ -139,6 +139,28 @@ def test_wandb_offline_logs_into_the_given_run_id_and_records_the_job(shards, tm
     assert torch.load(shards / 'logged' / 'ckpt.pt', weights_only=True)['wandb_id'] == 'cl-test-run'
 
 
+def test_training_from_tokens_equals_training_from_the_dump(shards, tmp_path):
+    """acts_source='tokens' draws the dump's windows and computes A in the step: the same samples, A within
+    the dump's float16 rounding, and the same losses."""
+    import numpy as np
+    from dump import Shards, TokenWindows
+    from model import load_model
+    corpus, index = shards.parent / 'corpus', np.array([5, 0, 199, 17])
+    dumped = Shards(shards, 'train').get(index)
+    computed = TokenWindows(load_model('tiny-gpt2')[0], corpus, 'train', 200, 2, 32, 8, 1337).get(index)
+    assert torch.equal(computed[1], dumped[1]) and torch.equal(computed[2], dumped[2])
+    torch.testing.assert_close(computed[0], dumped[0], rtol=1e-3, atol=1e-3)  # float16 storage
+    losses = {source: re.findall(r'^iter \d+: loss (\S+)', train(shards, f'from_{source}', acts_source=source,
+                                 data_dir=corpus, num_train_samples=200, num_val_samples=20, max_iters=6).stdout, re.M)
+              for source in ('shards', 'tokens')}
+    assert len(losses['tokens']) == 3
+    assert list(map(float, losses['tokens'])) == pytest.approx(list(map(float, losses['shards'])), rel=1e-3)
+    # eval.py takes acts_source and the corpus from the checkpoint: no shards needed there either
+    out = run_script('eval.py', '--dtype=float32', f"--ckpt={shards / 'from_tokens' / 'ckpt.pt'}", f'--out_dir={tmp_path}',
+                     '--eval_samples=8', '--best_of_k=1').stdout
+    assert re.search(r'^KL mean \(nats\)\s+\d', out, re.M), out
+
+
 @pytest.mark.parametrize('change, message', [
     (dict(batch_size=5, gradient_accumulation_steps=2), 'batch_size=5 does not divide across 1 ranks x 2'),
     (dict(decoder_prompt='Explain this:'), "must contain '<embed>' exactly once"),
@@ -148,7 +170,9 @@ def test_wandb_offline_logs_into_the_given_run_id_and_records_the_job(shards, tm
     (dict(model='tiny-llama'), "dumped with model='tiny-gpt2', but this run has model='tiny-llama'"),
     (dict(init_from='resume', run_name='never-trained'), "init_from='resume' but there is no checkpoint"),
     (dict(dtype='float16'), "float16 would need loss scaling"),
+    (dict(dtype='int8'), "dtype='int8' loads the frozen LM with bitsandbytes, which needs a CUDA GPU"),
     (dict(warm_start_target='later'), "warm_start_target='later'"),
+    (dict(acts_source='memory'), "acts_source='memory': use 'shards' (run dump.py first) or 'tokens'"),
     (dict(lr_schedule='step'), "lr_schedule='step': use one of cosine, linear, polynomial"),
 ])
 def test_user_errors(shards, change, message):
