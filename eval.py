@@ -14,6 +14,8 @@ measured is paired with sample i+1 (mod n) wherever a baseline needs "another sa
   zero, mean        the zero vector; the mean activation over 8,192 train samples (the lens's own statistics)
   resample          the paired sample's activation A'
   text_prev_tokens  the encoder reading the t_text real tokens ending at p (fewer when p + 1 < t_text)
+  text_next_tokens  the encoder reading the (up to) t_text real tokens after p: what a decoder that
+                    continues the text from A would write if it were always right
   text_current_token  the encoder reading the token at p alone: how much a lens gets from naming it
   text_shuffled     the encoder reading the paired sample's greedy explanation (the encoder is
                     deterministic, so this is the paired sample's Â)
@@ -303,16 +305,20 @@ if __name__ == '__main__':
     acts, tokens, pos = (t.to(device) for t in val_data.get(np.arange(n)))
     partner = torch.arange(n, device=device).roll(-1)
     windows = [tokens[b, max(0, p + 1 - t_text):p + 1] for b, p in enumerate(pos.tolist())]
+    following = [tokens[b, p + 1:p + 1 + t_text] for b, p in enumerate(pos.tolist())]  # empty where p ends the window
+    prompted = lens.encoder.prompt_prefix is not None or lens.encoder.prompt_postfix is not None
     shown = min(report_samples, n)
     t0 = time.time()  # progress lines: on a CPU every KL pass is a forward over n contexts, minutes for a real model
     explanations, ids, recon = explain_all(lens, acts, eval_batch_size)
     patches = dict(lens=recon, zero=torch.zeros_like(acts), mean=lens.stats.mean.expand_as(acts), resample=acts[partner],
                    text_prev_tokens=by_length(windows, lens.encoder).float(),
                    text_current_token=batched(lens.encoder, tokens.gather(1, pos[:, None])).float(), text_shuffled=recon[partner])
-    if lens.encoder.prompt_prefix is not None or lens.encoder.prompt_postfix is not None:
+    if prompted:
+        patches['text_next_tokens'] = by_length(following, lens.encoder).float()
         patches['text_empty'] = lens.encoder(ids[:1, :0]).float().expand_as(acts)
     else:
-        print("no text_empty baseline: the encoder prompt is '<text>' alone, so an empty explanation is no input at all")
+        print("no text_next_tokens and text_empty baselines: the encoder prompt is '<text>' alone, so an empty "
+              "explanation (or no token after p) is no input at all")
     print(f"explained {n} val samples ({time.time() - t0:.0f}s)", flush=True)
     kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, acts, patches, eval_batch_size)
     tops = top_pairs(logits_a, logits_recon)
@@ -323,12 +329,12 @@ if __name__ == '__main__':
     sampled = torch.stack(list(patched_kls(lm, layer, tokens, pos, acts, sampled, eval_batch_size)[0].values()))
     print(f"best of {best_of_k} sampled explanations ({time.time() - t0:.0f}s)", flush=True)
     # steering: the real tokens after p of the paired sample as the explanation (its window may end at p: skipped)
-    following = [tokens[j, p + 1:p + 1 + t_text] for j, p in zip(partner.tolist(), pos[partner].tolist())]
-    s = torch.tensor([i for i in range(n) if len(following[i])], device=device, dtype=torch.long)
-    edits = by_length([following[i] for i in s.tolist()], lens.encoder).float()
+    edit_words = [following[j] for j in partner.tolist()]
+    s = torch.tensor([i for i in range(n) if len(edit_words[i])], device=device, dtype=torch.long)
+    edits = by_length([edit_words[i] for i in s.tolist()], lens.encoder).float()
     logits_edit = patched_kls(lm, layer, tokens[s], pos[s], acts[s], dict(edit=edits), eval_batch_size)[2]
     gain = F.log_softmax(logits_edit.float(), -1) - F.log_softmax(logits_recon[s].float(), -1)  # [len(s), V]
-    first = torch.stack([following[i][0] for i in s.tolist()])
+    first = torch.stack([edit_words[i][0] for i in s.tolist()])
     own, other = gain.gather(1, first[:, None])[:, 0], gain.gather(1, first.roll(-1)[:, None])[:, 0]
     print(f"steering with {len(s)} edits ({time.time() - t0:.0f}s)", flush=True)
 

@@ -18,9 +18,9 @@ from lens import (Lens, LensConfig, kl_div, load_checkpoint, load_lens, next_tok
                   reconstruction_metrics, save_lens_folder)
 from model import frozen, load_model, read_activations
 
-REQUIRED = ['explanations_unique', 'kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_current_token', 'kl_text_shuffled', 'kl_text_empty',
+REQUIRED = ['explanations_unique', 'kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_next_tokens', 'kl_text_current_token', 'kl_text_shuffled', 'kl_text_empty',
             'fve', 'nll_explanation', 'nll_real_text', 'edit_rises', 'edit_rises_other', 'edit_logp_gain', 'edit_logp_gain_other']
-BASELINES = ['zero', 'mean', 'resample', 'text_prev_tokens', 'text_current_token', 'text_shuffled', 'text_empty']
+BASELINES = ['zero', 'mean', 'resample', 'text_prev_tokens', 'text_next_tokens', 'text_current_token', 'text_shuffled', 'text_empty']
 HOSTILE = 'Hi <script>alert(1)</script> & "quotes"\nline two'
 
 
