@@ -38,7 +38,7 @@ class LensConfig:
     encoder_layer: int = -1  # block K whose output at the last position the encoder reads; -1: the same block as layer
     t_text: int = 8  # explanation length in tokens
     decoder_prompt: str = '<|endoftext|><embed>'  # <embed> marks A's slot; last: the decoder continues from A
-    encoder_prompt: str = '<|endoftext|>Summary of the text: <text>'  # <text> marks where the words go
+    encoder_prompt: str = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'  # <text> marks where the words go
     patch_first_k: int = 0  # also overwrite the slot at the input of the first k blocks
     patch_at_layer: bool = True  # also write A itself at the slot where the LM reads block `layer`'s output
     encoder_init: str = 'zero'  # W_e at the start: 'identity' (Â = h) or 'zero' (Â = mean: iteration 0 is mean ablation)

@@ -80,18 +80,18 @@ def load_model(name, device='cpu', trust_remote_code=False, dtype='float32'):
     if name in TINY_MODELS:
         model, tokenizer = tiny_model(name), ByteTokenizer()
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
         from transformers.utils import logging
         logging.disable_progress_bar()  # one bar per load fills the logs of every script and rank
         if name.startswith(('.', '/', '~', 'assets/')) and not os.path.isdir(name):
             raise SystemExit(f"model directory '{name}' not found: for the embedded default run "
                              f"`python data/austen/prepare.py`, or pass --model=path/to/hf_dir or a hub name")
         try:
-            # int8: bitsandbytes' LLM.int8() blocks on the GPU, the LM head kept in full precision for the KL
-            quantized = {} if dtype != 'int8' else dict(device_map={'': device}, dtype=torch.bfloat16,
-                quantization_config=__import__('transformers').BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=['lm_head']))
-            model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code,
-                                                         **(quantized or dict(dtype=torch.float32)))
+            settings = dict(dtype=torch.float32)
+            if dtype == 'int8':  # bitsandbytes' LLM.int8() blocks on the GPU, the LM head kept in full precision for the KL
+                settings = dict(dtype=torch.bfloat16, device_map={'': device},
+                                quantization_config=BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=['lm_head']))
+            model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, **settings)
             tokenizer = HFTokenizer(name, AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code))
         except OSError as e:
             raise SystemExit(f"could not load model '{name}': not a local model directory, and the hub said "
