@@ -45,7 +45,8 @@ batch_size = 8
 t_text = 8
 encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 decoder_prompt = '<|endoftext|><embed>'  # <embed> last: the decoder continues the text from A
-encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'  # repeated: the last position re-reads the words from their start (docs/experiments.md)
+# the prompt repeated after the words: the last position re-reads them from their start (docs/experiments.md)
+encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
 compile = False  # torch.compile the lens, as train.py does (the time split is then not available)
 # bench only
 bench = 'train'  # 'train': a training step; 'dump': dump.py's early-exit forward against a full forward

@@ -206,7 +206,7 @@ class TokenWindows:
 
 if __name__ == '__main__':
     from configurator import configure
-    from model import check_layer, load_model, max_context, pick_dtype, read_activations
+    from model import check_layer, load_model, max_context, pick_dtype
     config = configure(globals())
     dtype = pick_dtype(dtype, device)
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))

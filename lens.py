@@ -53,7 +53,8 @@ class LensConfig:
             raise SystemExit(f"encoder_prompt {self.encoder_prompt!r} must contain '<text>' exactly once: "
                              f"it marks where the explanation goes, e.g. 'Summary of the text: <text>'")
         if self.encoder_init not in ('identity', 'zero'):
-            raise SystemExit(f"encoder_init={self.encoder_init!r}: use 'identity' (Â starts as h) or 'zero' (Â starts at the mean)")
+            raise SystemExit(f"encoder_init={self.encoder_init!r}: use 'identity' (Â starts as h) "
+                             f"or 'zero' (Â starts at the mean)")
         if self.t_text < 1:
             raise SystemExit(f"t_text={self.t_text}: an explanation needs at least one token, pass --t_text=10")
 

@@ -55,7 +55,8 @@ compile = False
 encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 t_text = 8
 decoder_prompt = '<|endoftext|><embed>'  # <embed> last: the decoder continues the text from A
-encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'  # repeated: the last position re-reads the words from their start (docs/experiments.md)
+# the prompt repeated after the words: the last position re-reads them from their start (docs/experiments.md)
+encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
 patch_first_k = 0  # also overwrite the decoder's slot at the input of the first k blocks
 patch_at_layer = True  # also write A at the decoder's slot where the LM reads block `layer`'s output
 encoder_init = 'zero'  # the encoder's map at the start: 'identity' (Â = h) or 'zero' (Â = the mean A)
@@ -68,7 +69,7 @@ entropy_decay_iters = 0
 w_mse = 0.0
 warm_start_weight = 1.0  # the decoder's cross-entropy for writing the real tokens after p (and the encoder's KL
 warm_start_iters = 100  # reading them), decayed linearly to 0 over these iterations: a per-sample signal from step 0
-warm_start_target = 'next'  # the real tokens it writes and reads: 'next' (after p: what a continuing decoder writes) or 'previous'
+warm_start_target = 'next'  # the real tokens it writes and reads: 'next' (after p) or 'previous'
 resample_ablation = False  # patch Â + (A' - Â') with A' another sample of the batch
 tau_start = 1.0  # Gumbel-softmax temperature: held for tau_hold_iters, then decays to tau_end
 tau_end = 0.1
@@ -160,7 +161,8 @@ else:
     raise SystemExit(f"acts_source={acts_source!r}: use 'shards' (run dump.py first) or 'tokens' (no dump)")
 num_val = num_val_samples if acts_source == 'tokens' else len(val_data)
 if periodic_eval_samples > num_val:
-    raise SystemExit(f"periodic_eval_samples={periodic_eval_samples} but the val split has {num_val}: lower --periodic_eval_samples")
+    raise SystemExit(f"periodic_eval_samples={periodic_eval_samples} but the val split has {num_val}: "
+                     f"lower --periodic_eval_samples")
 
 # the run folder and its checkpoint
 if init_from == 'resume':
