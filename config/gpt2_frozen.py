@@ -1,5 +1,9 @@
 # GPT-2 small (124M, 12 blocks, d 768) explaining block 6 on OpenWebText: the original's headline run,
-# with its settings (t_text 10, lr 1e-3, tau 1.0 held then to 0.1, alpha warm-up), frozen LM.
+# with its settings (t_text 10, lr 1e-3, tau 1.0 held then to 0.1, alpha warm-up), frozen LM. The prompts
+# and the warm start are this project's defaults (the decoder continues from A, the encoder's prompt is
+# repeated after the words), found on the embedded default and not yet measured on GPT-2; the original's
+# were '<|endoftext|>Short explanation of <embed>. Language, topic, sentiment, claims, speaker, style, etc:'
+# and '<|endoftext|>Summary of the text, encapsulating the main points and message, style and details: <text>'.
 # python data/openwebtext/prepare.py
 # torchrun --standalone --nproc_per_node=8 dump.py config/gpt2_frozen.py
 # torchrun --standalone --nproc_per_node=8 train.py config/gpt2_frozen.py
@@ -18,8 +22,6 @@ compile = True
 dump_batch_size = 512
 
 t_text = 10
-decoder_prompt = '<|endoftext|>Short explanation of <embed>. Language, topic, sentiment, claims, speaker, style, etc:'
-encoder_prompt = '<|endoftext|>Summary of the text, encapsulating the main points and message, style and details: <text>'
 batch_size = 1024  # per optimizer step: 128 per GPU on 8 GPUs; on fewer GPUs raise gradient_accumulation_steps
 gradient_accumulation_steps = 1
 max_iters = 9_766  # 2 epochs
