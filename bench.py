@@ -19,7 +19,6 @@ make every small op wait at a barrier (a [8, 50257] fill took 5.4 ms instead of 
 instead of 5.5 s).
 """
 import functools
-import resource
 import time
 from dataclasses import fields
 
@@ -29,7 +28,7 @@ import torch
 from configurator import configure
 from dump import Shards
 from lens import Lens, LensConfig
-from model import ByteTokenizer, blocks, check_layer, frozen, load_model, max_context, pick_dtype, read_activations
+from model import ByteTokenizer, blocks, check_layer, compile_blocks, frozen, load_model, max_context, pick_dtype, read_activations
 
 # -----------------------------------------------------------------------------
 # the keys shared with train.py, with its defaults
@@ -47,7 +46,9 @@ encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 decoder_prompt = '<|endoftext|><embed>'  # <embed> last: the decoder continues the text from A
 # the prompt repeated after the words: the last position re-reads them from their start (docs/experiments.md)
 encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
-compile = False  # torch.compile the lens, as train.py does (the time split is then not available)
+compile = False  # torch.compile the blocks' forward, as train.py does
+unfrozen = False  # the lens trains its own copies of the LM, as train.py does from unfreeze_at on
+grad_checkpointing = False  # the copies recompute their activations in backward (needs unfrozen=True)
 # bench only
 bench = 'train'  # 'train': a training step; 'dump': dump.py's early-exit forward against a full forward
 warmup_steps = 3  # untimed steps first: allocator, caches, compilation
@@ -64,6 +65,8 @@ TAU = 1.0
 cuda = device.startswith('cuda')
 if cuda and not torch.cuda.is_available():
     raise SystemExit(f"device={device!r} but CUDA is not available on this machine: pass --device=cpu")
+if grad_checkpointing and not unfrozen:
+    raise SystemExit("grad_checkpointing=True acts on the unfrozen LM copies: pass --unfrozen=True too")
 if bench not in ('train', 'dump'):
     raise SystemExit(f"bench={bench!r}: use 'train' (a training step) or 'dump' (dump.py's forward)")
 if cuda:
@@ -103,6 +106,24 @@ def make_batches(lm, n):
         with torch.no_grad():
             batches.append([read_activations(lm, layer, tokens, pos).float(), tokens, pos])
     return batches
+
+
+def rss(field):
+    """VmRSS (now) or VmHWM (the peak) of this process in MiB, from Linux's /proc/self/status."""
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+
+def reset_peak_rss():
+    """Start the peak RSS afresh from the current RSS (Linux: '5' to clear_refs), so that it measures the
+    steps rather than loading; returns the current RSS."""
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    return rss('VmRSS')
+
+
+def peak_rss():
+    return rss('VmHWM')
 
 
 def step_flops(lm, lens, pos, naive):
@@ -175,8 +196,12 @@ def run_train(lm, tokenizer):
     lenses = {path: Lens(lens_config, lm, tokenizer).to(device) for path in paths}  # identical inits
     for lens in lenses.values():
         lens.stats.set(torch.cat([acts for acts, _, _ in batches]))
+        if unfrozen:
+            lens.unfreeze(grad_checkpointing)
     optimizers = {path: torch.optim.AdamW(lenses[path].parameters(), lr=1e-3, weight_decay=0.0, fused=cuda) for path in paths}
-    forwards = {'fast': torch.compile(lenses['fast']) if compile else lenses['fast']}
+    for model in (lm, lenses['fast'].decoder.lm, lenses['fast'].encoder.lm) if compile else ():
+        compile_blocks(model)
+    forwards = {'fast': lenses['fast']}
     if compare_naive:
         from tests.naive_lens import naive_forward
         forwards['naive'] = functools.partial(naive_forward, lenses['naive'])
@@ -191,6 +216,7 @@ def run_train(lm, tokenizer):
         return {k: v.item() for k, v in out.items()}
 
     seconds, outs, peak_mem = {path: 0.0 for path in paths}, {path: [] for path in paths}, {}
+    rss_before = reset_peak_rss()
     for i, (acts, tokens, pos) in enumerate(batches):
         for path in paths:  # interleaved, so both paths see the same load on a shared machine
             if cuda:
@@ -208,24 +234,24 @@ def run_train(lm, tokenizer):
             read_activations(lm, layer, tokens, pos)
         sync()
         seconds['A'] = seconds.get('A', 0.0) + (time.perf_counter() - t0) * (i >= warmup_steps)
-    split = {}
-    if not compile:
-        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-        with torch.profiler.profile(activities=activities) as profile:
-            step('fast', *batches[-1], len(batches))
-        events = {e.key: e for e in profile.key_averages() if e.key.startswith('lens.')}
-        split = {k[5:]: (e.device_time_total if cuda else e.cpu_time_total) / 1e6 for k, e in events.items()}
+    peak_rss_steps = peak_rss()  # before the profiled step: the profiler's own records would count
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as profile:
+        step('fast', *batches[-1], len(batches))
+    events = {e.key: e for e in profile.key_averages() if e.key.startswith('lens.')}
+    split = {k[5:]: (e.device_time_total if cuda else e.cpu_time_total) / 1e6 for k, e in events.items()}
 
     peak, rate = peak_flops(), {}
     for path in paths:
         rate[path] = batch_size * num_steps / seconds[path]
         memory = (f"peak CUDA memory {peak_mem[path] / 2**20:.0f} MiB" if cuda else
-                  f"peak RSS of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+                  f"peak RSS of the process during the steps {peak_rss_steps:.0f} MiB ({peak_rss_steps - rss_before:.0f} above "
+                  f"the model and lens before them{', both paths' if compare_naive else ''})")
         flops = step_flops(lm, lenses[path], batches[-1][2], path == 'naive')
         achieved = sum(flops.values()) * num_steps / seconds[path]
         print(f"\n{path} path: {rate[path]:.2f} samples/s, {rate[path] * t_text:.1f} explanation tokens/s, "
               f"{seconds[path] / num_steps * 1000:.0f} ms/step, {memory}")
-        if path == 'fast' and split:
+        if path == 'fast':
             total = sum(split.values())
             print(f"  time split of one profiled step (forward parts; backward and optimizer are the rest):")
             for part, part_seconds in split.items():

@@ -27,7 +27,7 @@ from configurator import configure, given_keys
 from dump import Shards, TokenWindows, batch_indices, read_tokens, same_setting
 from lens import (Lens, LensConfig, explain_all, format_sample, load_checkpoint, newest_run, patched_kls,
                   reconstruction_metrics, save_lens_folder)
-from model import check_layer, load_model, pick_dtype
+from model import check_layer, compile_blocks, load_model, pick_dtype
 
 # -----------------------------------------------------------------------------
 # data and model (shared with dump.py and eval.py)
@@ -50,7 +50,7 @@ run_name = ''  # '' names it {dataset}_{model}_L{layer}_t{t_text}_lr{lr}_{timest
 max_iters = 1000  # the embedded default: 1,000 x 8 = 8,000 samples, one epoch of its dump, ~25 min on 2 CPU cores
 batch_size = 8  # samples per optimizer step, over all ranks and accumulation steps
 gradient_accumulation_steps = 1
-compile = False
+compile = False  # torch.compile each block's forward (one graph serves all; the lens's hooks stay outside)
 # lens
 encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 t_text = 8
@@ -91,6 +91,7 @@ beta2 = 0.999
 weight_decay = 0.01  # only on the unfrozen LM copies: decaying the identity-initialised maps would pull them to 0
 grad_clip = 1.0
 unfreeze_at = -1  # from this iteration the decoder and encoder train their own copies of the LM (-1: never)
+grad_checkpointing = False  # the LM copies recompute their activations in backward: less memory, ~30% more time
 lm_lr_mult = 0.1  # learning rate of the LM copies relative to learning_rate
 encoder_lr_mult = 1.0  # learning rate of the encoder's maps and prompts relative to learning_rate
 # eval, logging, checkpoints
@@ -127,6 +128,10 @@ if lr_schedule not in LR_SCHEDULES:
 if dtype == 'int8' and unfreeze_at >= 0:
     raise SystemExit(f"unfreeze_at={unfreeze_at} trains copies of the LM, which an int8 LM cannot give: "
                      f"use dtype='bfloat16' to unfreeze, or unfreeze_at=-1")
+if grad_checkpointing and unfreeze_at < 0:
+    raise SystemExit("grad_checkpointing=True recomputes the activations of the unfrozen LM copies, and with "
+                     "unfreeze_at=-1 there are none (the frozen LM stores no weight gradients): set unfreeze_at, "
+                     "or drop grad_checkpointing")
 if warm_start_target not in ('previous', 'next'):
     raise SystemExit(f"warm_start_target={warm_start_target!r}: use 'previous' (the tokens ending at p) or 'next' (after p)")
 if device.startswith('cuda'):
@@ -209,7 +214,7 @@ lens = Lens(lens_config, lm, tokenizer).to(device)
 if not checkpoint:
     lens.stats.set(train_data.get(np.arange(min(8192, len(train_data))))[0].to(device))
 if checkpoint and checkpoint['unfrozen']:
-    lens.unfreeze()
+    lens.unfreeze(grad_checkpointing)
 
 
 def lm_copy_parameters(lens):
@@ -238,8 +243,10 @@ raw_lens = lens
 
 
 def wrap(module):
-    """compile, then DDP over the trainable lens only; redone when unfreezing adds parameters."""
-    module = torch.compile(module) if compile else module
+    """compile the blocks of every LM the lens runs (bench.py: compile vs eager), then DDP over the trainable
+    lens only; redone when unfreezing adds parameters."""
+    for model in (lm, module.decoder.lm, module.encoder.lm) if compile else ():
+        compile_blocks(model)
     return DDP(module, device_ids=[torch.device(device).index] if device.startswith('cuda') else None) if ddp else module
 
 
@@ -364,7 +371,7 @@ t0, step_times, skipped_in_a_row = time.time(), [], 0
 while True:
     last_step = iter_num == max_iters
     if iter_num == unfreeze_at and raw_lens.decoder.lm_copy is None:
-        raw_lens.unfreeze()
+        raw_lens.unfreeze(grad_checkpointing)
         optimizer.add_param_group(dict(params=lm_copy_parameters(raw_lens),
                                        lr_mult=lm_lr_mult, weight_decay=weight_decay))
         lens = wrap(raw_lens)

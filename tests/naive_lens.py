@@ -7,8 +7,8 @@ exit, one-position KL, prefix mask); bench.py times it beside the real step (`--
 import torch
 import torch.nn.functional as F
 
-from lens import TAU_FLOOR, batch_cat, cosine, entropy, fve, kl_div, real_tokens, slot_writes
-from model import block_tensor, blocks, compute_dtype, embed, patched
+from lens import TAU_FLOOR, batch_cat, cosine, entropy, fve, gumbel_hard, kl_div, real_tokens, slot_writes
+from model import block_tensor, blocks, compute_dtype, embed, full_precision_head, patched
 
 
 def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
@@ -21,7 +21,7 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
         with slot_writes(dec.lm, dec.slot, writes):
             logits = dec.lm(inputs_embeds=sequence).logits[:, -1]
         dec_logits.append(logits)
-        one_hots.append(F.gumbel_softmax(logits.float(), tau=max(tau, TAU_FLOOR), hard=True))  # same noise draws
+        one_hots.append(gumbel_hard(logits.float(), max(tau, TAU_FLOOR)))  # the same noise draws
         sequence = torch.cat([sequence, embed(dec.lm, one_hots[-1])[:, None]], 1)
     one_hot, dec_logits = torch.stack(one_hots, 1), torch.stack(dec_logits, 1)
 
@@ -35,9 +35,9 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
     recon = lens.stats.mean + lens.stats.scale * enc.proj(standard)
 
     rows = torch.arange(B, device=tokens.device)
-    with torch.no_grad(), patched(lm, lens.cfg.layer, pos, acts):
+    with torch.no_grad(), patched(lm, lens.cfg.layer, pos, acts), full_precision_head(lm):
         logits_a = lm(input_ids=tokens).logits[rows, pos]
-    with patched(lm, lens.cfg.layer, pos, recon):
+    with patched(lm, lens.cfg.layer, pos, recon), full_precision_head(lm):
         logits_recon = lm(input_ids=tokens).logits[rows, pos]
     kl = kl_div(logits_a, logits_recon)
 
@@ -54,7 +54,7 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
             sequence = torch.cat([prefix, embed(dec.lm, targets[:, :-1].clamp(min=0))], 1)
             logits = dec.lm(inputs_embeds=sequence).logits[:, -T:]
         warm = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        with patched(lm, lens.cfg.layer, pos, enc(targets.clamp(min=0))):
+        with patched(lm, lens.cfg.layer, pos, enc(targets.clamp(min=0))), full_precision_head(lm):
             kl_real = kl_div(logits_a, lm(input_ids=tokens).logits[rows, pos])
         kl_real_text = kl_real[complete].mean() if complete.any() else torch.zeros(())
     ent = entropy(dec_logits).mean()

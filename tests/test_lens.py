@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from lens import Lens, LensConfig, kl_div, next_token_logits, prefix_attention_mask
-from model import TINY_MODELS, blocks, load_model, patched, read_activations
+from lens import Lens, LensConfig, gumbel_hard, kl_div, next_token_logits, prefix_attention_mask
+from model import TINY_MODELS, OneHotRows, blocks, compile_blocks, load_model, patched, read_activations
 
 LAYER = 1
 
@@ -88,6 +88,71 @@ def test_unfreeze_copies_what_each_side_runs_and_every_copied_parameter_learns(n
     assert not any(p.requires_grad for p in lm.parameters())
 
 
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_grad_checkpointing_recomputes_the_copies_and_gives_the_same_gradients(name):
+    """With the copies' activations recomputed in backward, the losses and every gradient equal the stored
+    path's; the decoder's recompute must see its KV cache as each decoding step saw it (Gemma-2's sliding
+    layers keep only a window: the step's own state, not a prefix of the final cache)."""
+    lm, tokenizer = load_model(name)
+    acts, tokens, pos = batch(lm)
+    results = {}
+    for checkpointing in (False, True):
+        lens = Lens(LensConfig(layer=LAYER, t_text=6, encoder_prompt='<|endoftext|>Text: <text> means'), lm, tokenizer)
+        lens.unfreeze(grad_checkpointing=checkpointing)
+        torch.nn.init.normal_(lens.encoder.proj.weight, std=0.01, generator=torch.Generator().manual_seed(0))
+        calls = []
+        for block in blocks(lens.decoder.lm):
+            block.register_forward_pre_hook(lambda module, args: calls.append(1))
+        forwards = []  # a module inside the block runs again when backward recomputes the block
+        next(blocks(lens.decoder.lm)[0].children()).register_forward_hook(lambda *args: forwards.append(1))
+        torch.manual_seed(0)
+        out = lens(acts, tokens, pos, w_lm=1.0, w_warm=1.0, warm_target='next')
+        out['loss'].backward()
+        grads = {n: p.grad for n, p in lens.named_parameters() if p.requires_grad}
+        results[checkpointing] = {k: v.detach() for k, v in out.items()}, grads, len(forwards), len(calls)
+    (out, grads, forwards, calls), (out_ckpt, grads_ckpt, forwards_ckpt, calls_ckpt) = results[False], results[True]
+    assert calls_ckpt == calls, 'the hooks (slot writes, early exit) must run once per forward, not again in backward'
+    assert forwards_ckpt == 2 * forwards, 'every block forward of the decoder copy is recomputed once in backward'
+    for k in out:
+        torch.testing.assert_close(out_ckpt[k], out[k], rtol=1e-5, atol=1e-6)
+    assert grads_ckpt.keys() == grads.keys()
+    for n in grads:
+        torch.testing.assert_close(grads_ckpt[n], grads[n], rtol=1e-4, atol=1e-5 * grads[n].abs().max().item(), msg=n)
+
+
+def test_compiled_blocks_give_the_eager_losses_and_gradients_frozen_and_unfrozen():
+    """compile=True compiles each block's forward: the lens's hooks (slot writes, patches, early exit)
+    stay outside and live, an unfrozen copy compiles its own blocks (not the frozen LM's), and the
+    losses and gradients equal eager ones (the Gumbel noise is drawn outside the compiled code)."""
+    lm, tokenizer = load_model('tiny-llama')
+    acts, tokens, pos = batch(lm)
+    results = []
+    for compiled in (False, True):
+        lens = Lens(LensConfig(layer=LAYER, t_text=3), lm, tokenizer)
+        torch.nn.init.normal_(lens.encoder.proj.weight, std=0.01, generator=torch.Generator().manual_seed(0))
+        steps = []
+        for unfrozen in (False, True):
+            if unfrozen:
+                lens.unfreeze()
+            for model in (lm, lens.decoder.lm, lens.encoder.lm) if compiled else ():
+                compile_blocks(model)
+            torch.manual_seed(0)
+            out = lens(acts, tokens, pos, w_lm=1.0, w_warm=1.0)
+            out['loss'].backward()
+            steps.append(({k: v.detach() for k, v in out.items()},
+                          {n: p.grad.clone() for n, p in lens.named_parameters() if p.requires_grad}))
+            lens.zero_grad()
+        results.append(steps)
+    for (out, grads), (out_compiled, grads_compiled) in zip(*results):
+        for k in out:
+            torch.testing.assert_close(out_compiled[k], out[k], rtol=1e-4, atol=1e-6)
+        assert grads.keys() == grads_compiled.keys()
+        for n in grads:
+            torch.testing.assert_close(grads_compiled[n], grads[n], rtol=1e-3, atol=1e-4 * grads[n].abs().max().item(), msg=n)
+    assert all(hasattr(b.forward, '_torchdynamo_orig_callable') for b in blocks(lens.decoder.lm))
+    assert blocks(lens.decoder.lm)[0].forward._torchdynamo_orig_callable.__self__ is blocks(lens.decoder.lm)[0], "its own forward"
+
+
 @pytest.mark.parametrize('change, message', [
     (dict(decoder_prompt='Explain:'), "must contain '<embed>' exactly once"),
     (dict(encoder_prompt='Summary:'), "must contain '<text>' exactly once"),
@@ -104,8 +169,8 @@ def test_bad_lens_settings(change, message):
 
 @pytest.mark.parametrize('name', TINY_MODELS)
 def test_bfloat16_losses_agree_with_float32(name):
-    """The frozen LM stored in bf16 (blocks only: embeddings, LM head and the lens's parameters stay fp32)
-    gives the fp32 losses within 2% relative, with the same Gumbel draws; the KL of both is measured on
+    """The frozen LM stored in bf16 (the lens's parameters stay fp32, the KL's logits come from an fp32
+    copy of the LM head) gives the fp32 losses within 2% relative, with the same Gumbel draws; the KL of both is measured on
     the same words (a near-tie between two tokens may sample another word in bf16)."""
     lm32, tokenizer = load_model(name)
     acts, tokens, pos = batch(lm32)
@@ -121,9 +186,35 @@ def test_bfloat16_losses_agree_with_float32(name):
         with torch.no_grad():
             out['kl'] = kl_div(*next_token_logits(lm, LAYER, tokens, pos, acts, lens.encoder(words))).mean()
         losses[dtype] = {k: v.item() for k, v in out.items()}
+        logits = next_token_logits(lm, LAYER, tokens, pos, acts)[0]
+        assert logits.dtype == torch.float32 and (dtype == 'float32' or not torch.equal(logits, logits.bfloat16().float())), \
+            "the KL's logits must come from the fp32 head, not be bf16-rounded"
     assert losses['float32']['kl'] > 0.1  # the identity encoder's Â differs from A: the KL is not a trivial 0
     for key in ('kl', 'lm', 'entropy'):
         assert losses['bfloat16'][key] == pytest.approx(losses['float32'][key], rel=2e-2), key
+
+
+def test_gumbel_hard_draws_from_the_softmax_and_passes_the_soft_gradient():
+    torch.manual_seed(0)
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0]).repeat(40000, 1).requires_grad_(True)
+    sample = gumbel_hard(logits, tau=1.0)
+    torch.testing.assert_close(sample.detach(), torch.nn.functional.one_hot(sample.argmax(-1), 4).float())
+    torch.testing.assert_close(sample.detach().mean(0), torch.softmax(logits[0].detach(), -1), atol=0.01, rtol=0)
+    (sample[:, 0].sum()).backward()  # straight-through: the soft sample's gradient, non-zero on every logit
+    assert (logits.grad[:, 0] > 0).all() and (logits.grad[:, 1:] < 0).all()
+
+
+def test_one_hot_rows_by_index_equal_the_matmul_forward_and_backward():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(50, 8, generator=generator, requires_grad=True)
+    logits = torch.randn(3, 4, 50, generator=generator, requires_grad=True)
+    one_hot = torch.nn.functional.gumbel_softmax(logits, tau=0.5, hard=True)  # one-hot in value, soft in gradient
+    upstream = torch.randn(3, 4, 8, generator=generator)
+    grads = [torch.autograd.grad((rows * upstream).sum(), (logits, weight), retain_graph=True)
+             for rows in (OneHotRows.apply(one_hot, weight), one_hot @ weight)]
+    torch.testing.assert_close(OneHotRows.apply(one_hot, weight), one_hot @ weight)
+    for by_index, by_matmul in zip(*grads):
+        torch.testing.assert_close(by_index, by_matmul)
 
 
 @pytest.mark.parametrize('window', [None, 2])

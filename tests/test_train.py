@@ -84,7 +84,7 @@ def test_unfreeze_at_trains_the_lm_copies_from_that_iteration(shards):
     copies = [k for k in at_unfreeze if '.lm_copy.' in k]
     assert {k.split('.')[0] for k in copies} == {'decoder', 'encoder'}
     assert all(torch.equal(at_unfreeze[k], base[k.split('lm_copy.')[1]]) for k in copies)
-    train(shards, 'unfreeze', max_iters=5, unfreeze_at=3, init_from='resume')
+    train(shards, 'unfreeze', max_iters=5, unfreeze_at=3, init_from='resume', grad_checkpointing=True)
     later = final_params(shards, 'unfreeze')
     assert any(not torch.equal(later[k], base[k.split('lm_copy.')[1]]) for k in copies)
     measured = run_script('eval.py', f'--out_dir={shards}', f'--ckpt={shards}/unfreeze/ckpt.pt', '--eval_samples=8', '--best_of_k=1',
@@ -172,6 +172,7 @@ def test_training_from_tokens_equals_training_from_the_dump(shards, tmp_path):
     (dict(dtype='float16'), "float16 would need loss scaling"),
     (dict(dtype='int8'), "dtype='int8' loads the frozen LM with bitsandbytes, which needs a CUDA GPU"),
     (dict(warm_start_target='later'), "warm_start_target='later'"),
+    (dict(grad_checkpointing=True), "grad_checkpointing=True recomputes the activations of the unfrozen LM copies"),
     (dict(acts_source='memory'), "acts_source='memory': use 'shards' (run dump.py first) or 'tokens'"),
     (dict(lr_schedule='step'), "lr_schedule='step': use one of cosine, linear, polynomial"),
 ])
