@@ -91,7 +91,7 @@ beta2 = 0.999
 weight_decay = 0.01  # only on the unfrozen LM copies: decaying the identity-initialised maps would pull them to 0
 grad_clip = 1.0
 unfreeze_at = -1  # from this iteration the decoder and encoder train their own copies of the LM (-1: never)
-grad_checkpointing = False  # the LM copies recompute their activations in backward: less memory, ~30% more time
+grad_checkpointing = False  # the LM copies recompute their blocks in backward: less memory (-15% at batch 32), +6% time
 lm_lr_mult = 0.1  # learning rate of the LM copies relative to learning_rate
 encoder_lr_mult = 1.0  # learning rate of the encoder's maps and prompts relative to learning_rate
 # eval, logging, checkpoints
