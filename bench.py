@@ -24,6 +24,7 @@ from dataclasses import fields
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from configurator import configure
 from dump import Shards
@@ -115,57 +116,10 @@ def rss(field):
 
 
 def reset_peak_rss():
-    """Start the peak RSS afresh from the current RSS (Linux: '5' to clear_refs), so that it measures the
-    steps rather than loading; returns the current RSS."""
+    """Restart the peak RSS from the current RSS (Linux: '5' to clear_refs), to measure the steps, not loading."""
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')
     return rss('VmRSS')
-
-
-def peak_rss():
-    return rss('VmHWM')
-
-
-def step_flops(lm, lens, pos, naive):
-    """Analytic FLOPs of one step: {part: forward FLOPs, 'backward': all backward FLOPs}, counting useful
-    work (not the left padding of the KL prefix pass).
-    Forward: 2 per weight per token in the blocks, in the LM head (2*V*d per token whose logits are
-    computed) and in the one-hot embedding matmuls, plus attention: 4*d per (query, key) pair per block
-    (QK^T and AV; causal, so a sequence of n has n(n+1)/2 pairs). Backward where gradients flow: the LM is
-    frozen, so only activation gradients are computed: 1x the forward for weight matmuls (no weight
-    gradients, hence not the usual 2x), 2x for attention (dQ, dK and dV, dP). The lens's own maps and
-    prompts (2 d x d per sample) are negligible and left out."""
-    text = lm.config.get_text_config()
-    d, V, N, B, T = text.hidden_size, text.vocab_size, len(blocks(lm)), len(pos), t_text
-    per_block = sum(p.numel() for p in blocks(lm)[0].parameters())
-    pairs = lambda n: n * (n + 1) // 2
-    K = lens.cfg.encoder_layer + 1  # blocks the encoder runs
-
-    def f(tokens, attn_pairs, n_blocks, head=0, onehot=0, backward=False):
-        return 2 * per_block * tokens * n_blocks + 2 * V * d * (head + onehot) + 4 * d * attn_pairs * n_blocks * (1 + backward)
-
-    length = lambda prompt: 0 if prompt is None else len(prompt)
-    P = length(lens.decoder.prompt_left) + 1 + length(lens.decoder.prompt_right)  # decoder prefix
-    S = length(lens.encoder.prompt_prefix) + T + length(lens.encoder.prompt_postfix)  # encoder sequence
-    R = len(lens.natural_prefix) + T  # fluency reference sequence
-    p = pos.tolist()
-    if naive:  # decoder: T full forwards of growing length, all logits; encoder and KL: every block and logit
-        seqs = [P + t for t in range(T)]
-        dec = dict(tokens=B * sum(seqs), attn_pairs=B * sum(pairs(n) for n in seqs), n_blocks=N, head=B * sum(seqs), onehot=B * (T - 1))
-        kl_back = dict(tokens=B * ctx, attn_pairs=B * pairs(ctx), n_blocks=N - layer - 1, head=B * ctx)
-        return dict(decoder=f(**dec), encoder=f(B * S, B * pairs(S), N, head=B * S, onehot=B * T),
-                    kl=2 * f(B * ctx, B * pairs(ctx), N, head=B * ctx), fluency=f(B * R, B * pairs(R), N, head=B * R),
-                    backward=f(**dec, backward=True) + f(B * S, B * pairs(S), K, onehot=B * T, backward=True)
-                    + f(**kl_back, backward=True))
-    # decoder: prefix + T - 1 cached steps, one logit row each; encoder: blocks 0..K; KL: prefix 0..p-1, then
-    # position p twice (A, Â), backward through blocks L+1.. at p; fluency: T + 1 logit rows
-    dec = dict(tokens=B * (P + T - 1), attn_pairs=B * pairs(P + T - 1), n_blocks=N, head=B * T, onehot=B * (T - 1))
-    step = dict(tokens=B, attn_pairs=sum(q + 1 for q in p), head=B)
-    return dict(decoder=f(**dec), encoder=f(B * S, B * pairs(S), K, onehot=B * T),
-                kl=f(sum(p), sum(pairs(q) for q in p), N, head=B) + 2 * f(**step, n_blocks=N),
-                fluency=f(B * R, B * pairs(R), N, head=B * (T + 1)),
-                backward=f(**dec, backward=True) + f(B * S, B * pairs(S), K, onehot=B * T, backward=True)
-                + f(**step, n_blocks=N - layer - 1, backward=True))
 
 
 def peak_flops():
@@ -199,8 +153,6 @@ def run_train(lm, tokenizer):
         if unfrozen:
             lens.unfreeze(grad_checkpointing)
     optimizers = {path: torch.optim.AdamW(lenses[path].parameters(), lr=1e-3, weight_decay=0.0, fused=cuda) for path in paths}
-    for model in (lm, lenses['fast'].decoder.lm, lenses['fast'].encoder.lm) if compile else ():
-        compile_blocks(model)
     forwards = {'fast': lenses['fast']}
     if compare_naive:
         from tests.naive_lens import naive_forward
@@ -215,8 +167,14 @@ def run_train(lm, tokenizer):
         optimizers[path].zero_grad(set_to_none=True)
         return {k: v.item() for k, v in out.items()}
 
+    rss_before, flops = reset_peak_rss(), {}
+    for path in paths:  # an extra step, before any compilation: the matmuls of its forward and backward as run
+        with FlopCounterMode(display=False) as counter:  # (the KL prefix's padding included; attention only on CUDA,
+            step(path, *batches[0], -1)                  # where FlopCounterMode knows its kernels)
+        flops[path] = counter.get_total_flops()
+    for model in (lm, lenses['fast'].decoder.lm, lenses['fast'].encoder.lm) if compile else ():
+        compile_blocks(model)
     seconds, outs, peak_mem = {path: 0.0 for path in paths}, {path: [] for path in paths}, {}
-    rss_before = reset_peak_rss()
     for i, (acts, tokens, pos) in enumerate(batches):
         for path in paths:  # interleaved, so both paths see the same load on a shared machine
             if cuda:
@@ -234,7 +192,7 @@ def run_train(lm, tokenizer):
             read_activations(lm, layer, tokens, pos)
         sync()
         seconds['A'] = seconds.get('A', 0.0) + (time.perf_counter() - t0) * (i >= warmup_steps)
-    peak_rss_steps = peak_rss()  # before the profiled step: the profiler's own records would count
+    peak_rss_steps = rss('VmHWM')  # before the profiled step: the profiler's own records would count
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     with torch.profiler.profile(activities=activities) as profile:
         step('fast', *batches[-1], len(batches))
@@ -247,15 +205,14 @@ def run_train(lm, tokenizer):
         memory = (f"peak CUDA memory {peak_mem[path] / 2**20:.0f} MiB" if cuda else
                   f"peak RSS of the process during the steps {peak_rss_steps:.0f} MiB ({peak_rss_steps - rss_before:.0f} above "
                   f"the model and lens before them{', both paths' if compare_naive else ''})")
-        flops = step_flops(lm, lenses[path], batches[-1][2], path == 'naive')
-        achieved = sum(flops.values()) * num_steps / seconds[path]
+        achieved = flops[path] * num_steps / seconds[path]
         print(f"\n{path} path: {rate[path]:.2f} samples/s, {rate[path] * t_text:.1f} explanation tokens/s, "
               f"{seconds[path] / num_steps * 1000:.0f} ms/step, {memory}")
         if path == 'fast':
             total = sum(split.values())
             print(f"  time split of one profiled step (forward parts; backward and optimizer are the rest):")
             for part, part_seconds in split.items():
-                print(f"  {part:<12}{part_seconds * 1000:>9.0f} ms  {flops.get(part, 0) / batch_size / 1e9:>8.2f} GFLOP/sample")
+                print(f"  {part:<12}{part_seconds * 1000:>9.0f} ms")
         print(f"  {achieved / 1e9:.1f} GFLOP/s achieved" + (f", {100 * achieved / peak:.1f}% of the peak ({'MFU' if cuda else 'utilisation'})"
                                                            if peak else ''))
     print(f"\ncomputing A in the step (acts_source='tokens'): {seconds['A'] / num_steps * 1000:.0f} ms/batch, "

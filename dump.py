@@ -110,6 +110,18 @@ def check_same_dump(found, wanted, folder):
                          f"use another out_dir, or delete {folder} to dump again")
 
 
+def start_ranks(device):
+    """(rank, world, device): under torchrun, join the process group with each rank on its own GPU (also for
+    --device=cuda:0), bound before NCCL starts; run alone, (0, 1, device)."""
+    if 'RANK' not in os.environ:
+        return 0, 1, device
+    if device.startswith('cuda'):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
+    return int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), device
+
+
 @functools.lru_cache(maxsize=4)
 def epoch_permutation(seed, epoch, n):
     return np.random.default_rng([seed, epoch]).permutation(n)
@@ -209,12 +221,7 @@ if __name__ == '__main__':
     from model import check_layer, load_model, max_context, pick_dtype
     config = configure(globals())
     dtype = pick_dtype(dtype, device)
-    rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-    if world > 1:
-        if device.startswith('cuda'):  # each rank on its own GPU (also for --device=cuda:0), set before NCCL starts
-            device = f"cuda:{os.environ['LOCAL_RANK']}"
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
+    rank, world, device = start_ranks(device)
     corpora = {split: read_tokens(data_dir, split) for split in SPLITS}
     lm, tokenizer = load_model(model, device, trust_remote_code, dtype)
     check_layer(lm, layer)
@@ -275,6 +282,6 @@ if __name__ == '__main__':
         if written:
             print(f"{split}: wrote {written} samples in {time.time() - t0:.1f}s "
                   f"({written / (time.time() - t0):.1f} samples/s)")
-    if world > 1:
+    if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -130,7 +130,7 @@ class WithLM(nn.Module):
     def lm(self):
         return self.frozen_lm if self.lm_copy is None else self.lm_copy
 
-    def unfreeze(self, last_block=None, grad_checkpointing=False):
+    def unfreeze(self, grad_checkpointing=False, last_block=None):
         self.lm_copy = trainable_copy(self.frozen_lm, last_block)
         if grad_checkpointing:
             checkpoint_blocks(self.lm_copy)
@@ -231,7 +231,7 @@ class Encoder(WithLM):
         self.proj = square_linear(lm.get_input_embeddings().embedding_dim, identity=cfg.encoder_init == 'identity')
 
     def unfreeze(self, grad_checkpointing=False):
-        super().unfreeze(self.layer, grad_checkpointing)
+        super().unfreeze(grad_checkpointing, last_block=self.layer)
 
     def forward(self, text):
         """Â from the explanation: `text` is one-hot rows [B, T, V] (gradients flow) or token ids [B, T]."""
@@ -351,8 +351,8 @@ class Lens(nn.Module):
 
     def unfreeze(self, grad_checkpointing=False):
         """From now on each side runs its own trainable copy of the LM; grad_checkpointing recomputes the
-        copies' activations in backward instead of storing them (less memory, ~1 more forward)."""
-        self.decoder.unfreeze(grad_checkpointing=grad_checkpointing)
+        copies' blocks in backward instead of storing them (bench.py: -15% memory, +6% time at batch 32)."""
+        self.decoder.unfreeze(grad_checkpointing)
         self.encoder.unfreeze(grad_checkpointing)
 
     def forward(self, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,

@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure, given_keys
-from dump import Shards, TokenWindows, batch_indices, read_tokens, same_setting
+from dump import Shards, TokenWindows, batch_indices, read_tokens, same_setting, start_ranks
 from lens import (Lens, LensConfig, explain_all, format_sample, load_checkpoint, newest_run, patched_kls,
                   reconstruction_metrics, save_lens_folder)
 from model import check_layer, compile_blocks, load_model, pick_dtype
@@ -47,7 +47,7 @@ trust_remote_code = False
 # run
 init_from = 'scratch'  # 'scratch' or 'resume' (the run named run_name, else the newest run in out_dir)
 run_name = ''  # '' names it {dataset}_{model}_L{layer}_t{t_text}_lr{lr}_{timestamp}
-max_iters = 1000  # the embedded default: 1,000 x 8 = 8,000 samples, one epoch of its dump, ~25 min on 2 CPU cores
+max_iters = 1000  # the embedded default: 1,000 x 8 = 8,000 samples, one epoch of its dump, ~20 min on 2 CPU cores
 batch_size = 8  # samples per optimizer step, over all ranks and accumulation steps
 gradient_accumulation_steps = 1
 compile = False  # torch.compile each block's forward (one graph serves all; the lens's hooks stay outside)
@@ -109,15 +109,8 @@ wandb_run_id = ''  # log into this wandb run (e.g. one started elsewhere); '' ta
 config = configure(globals())
 dtype = pick_dtype(dtype, device)
 
-# distributed setup: the same script runs under python or torchrun
-ddp = int(os.environ.get('RANK', -1)) != -1
-rank, world = (int(os.environ['RANK']), int(os.environ['WORLD_SIZE'])) if ddp else (0, 1)
-if ddp:
-    if device.startswith('cuda'):  # each rank on its own GPU (also for --device=cuda:0), set before NCCL starts
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(device)
-    torch.distributed.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
-master = rank == 0
+rank, world, device = start_ranks(device)  # the same script runs under python or torchrun
+ddp, master = torch.distributed.is_initialized(), rank == 0
 if batch_size % (world * gradient_accumulation_steps):
     raise SystemExit(f"batch_size={batch_size} does not divide across {world} ranks x {gradient_accumulation_steps} "
                      f"accumulation steps: make it a multiple of {world * gradient_accumulation_steps}")
