@@ -270,12 +270,12 @@ if __name__ == '__main__':
         pos = torch.tensor(chosen, device=device)
         acts = batched(lambda t, p: read_activations(lm, layer, t, p).float(), tokens, pos)
         explanations, _, recon = explain_all(lens, acts, eval_batch_size)
-        kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, acts, dict(lens=recon), eval_batch_size)
+        kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, dict(lens=recon), eval_batch_size)
         kls, tops = kls['lens'], top_pairs(logits_a, logits_recon)
         items = {p: dict(kl=k, explanation=e, top=t) for p, k, e, t in zip(chosen, kls.tolist(), explanations, tops)}
         if edit is not None:  # the user's words in place of each explanation: read by the encoder, patched in at p
             edited = lens.encoder(torch.tensor([tokenizer.encode(str(edit))], device=device)).float().expand_as(acts)
-            kls_edit, _, logits_edit = patched_kls(lm, layer, tokens, pos, acts, dict(edit=edited), eval_batch_size)
+            kls_edit, _, logits_edit = patched_kls(lm, layer, tokens, pos, dict(edit=edited), eval_batch_size)
             for item, k, e in zip(items.values(), kls_edit['edit'].tolist(), logits_edit):
                 item['top'] += (top_tokens(tokenizer, e),)
                 item['kl_edit'] = k
@@ -320,19 +320,19 @@ if __name__ == '__main__':
         print("no text_next_tokens and text_empty baselines: the encoder prompt is '<text>' alone, so an empty "
               "explanation (or no token after p) is no input at all")
     print(f"explained {n} val samples ({time.time() - t0:.0f}s)", flush=True)
-    kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, acts, patches, eval_batch_size)
+    kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, patches, eval_batch_size)
     tops = top_pairs(logits_a, logits_recon)
     fluency = lambda rows: nll(lm, lens.natural_prefix, rows)
     nll_explanation, nll_real = batched(fluency, ids), by_length(windows, fluency)
     print(f"KL of the lens and {len(patches) - 1} baselines, fluency ({time.time() - t0:.0f}s)", flush=True)
     sampled = {k: explain_all(lens, acts, eval_batch_size, 'sample')[2] for k in range(best_of_k)}
-    sampled = torch.stack(list(patched_kls(lm, layer, tokens, pos, acts, sampled, eval_batch_size)[0].values()))
+    sampled = torch.stack(list(patched_kls(lm, layer, tokens, pos, sampled, eval_batch_size)[0].values()))
     print(f"best of {best_of_k} sampled explanations ({time.time() - t0:.0f}s)", flush=True)
     # steering: the real tokens after p of the paired sample as the explanation (its window may end at p: skipped)
     edit_words = [following[j] for j in partner.tolist()]
     s = torch.tensor([i for i in range(n) if len(edit_words[i])], device=device, dtype=torch.long)
     edits = by_length([edit_words[i] for i in s.tolist()], lens.encoder).float()
-    logits_edit = patched_kls(lm, layer, tokens[s], pos[s], acts[s], dict(edit=edits), eval_batch_size)[2]
+    logits_edit = patched_kls(lm, layer, tokens[s], pos[s], dict(edit=edits), eval_batch_size)[2]
     gain = F.log_softmax(logits_edit.float(), -1) - F.log_softmax(logits_recon[s].float(), -1)  # [len(s), V]
     first = torch.stack([edit_words[i][0] for i in s.tolist()])
     own, other = gain.gather(1, first[:, None])[:, 0], gain.gather(1, first.roll(-1)[:, None])[:, 0]

@@ -275,29 +275,29 @@ def prefix_attention_mask(pos, length, dtype, window=None):
 
 
 def next_token_logits(lm, layer, tokens, pos, *patches):
-    """The logits at p with block `layer`'s output at p replaced by each of `patches` ([B, d] each), by the
-    cheap exact path: the logits at p depend only on tokens 0..p, so run 0..p-1 once without grad
-    (left-padded to a common length) for every layer's KV cache, then run position p alone once per patch.
-    Gradient flows into a patch through the blocks after `layer` at one position."""
+    """The logits at p as the LM computes them, then with block `layer`'s output at p replaced by each of
+    `patches` ([B, d] each), by the cheap exact path: the logits at p depend only on tokens 0..p, so run
+    0..p once without grad (left-padded to a common length), which gives the LM's own logits at p and
+    every layer's keys and values of 0..p-1, then run position p alone once per patch. Gradient flows
+    into a patch through the blocks after `layer` at one position."""
     B, P = len(tokens), int(pos.max())
-    source = torch.arange(P, device=tokens.device)[None] - (P - pos[:, None])  # prefix ends at column P-1
+    source = torch.arange(P + 1, device=tokens.device)[None] - (P - pos[:, None])  # p at the last column
+    config, dtype = lm.config.get_text_config(), compute_dtype(lm)
+    mask = prefix_attention_mask(pos + 1, P + 1, dtype)
+    if getattr(config, 'sliding_window', None):  # HF hands a 4-D mask to every block as is, without its window
+        windowed = prefix_attention_mask(pos + 1, P + 1, dtype, config.sliding_window)
+        mask = dict(full_attention=mask, sliding_attention=windowed) if hasattr(config, 'layer_types') else windowed
     cache = DynamicCache()
-    if P > 0:
-        config, dtype = lm.config.get_text_config(), compute_dtype(lm)
-        mask = prefix_attention_mask(pos, P, dtype)
-        if getattr(config, 'sliding_window', None):  # HF hands a 4-D mask to every block as is, without its window
-            windowed = prefix_attention_mask(pos, P, dtype, config.sliding_window)
-            mask = dict(full_attention=mask, sliding_attention=windowed) if hasattr(config, 'layer_types') else windowed
-        with torch.no_grad():
-            lm.base_model(input_ids=tokens.gather(1, source.clamp(min=0)), position_ids=source.clamp(min=0),
-                          attention_mask=mask, past_key_values=cache, use_cache=True)  # no LM head
+    with torch.no_grad(), full_precision_head(lm):
+        logits = [lm(input_ids=tokens.gather(1, source.clamp(min=0)), position_ids=source.clamp(min=0), attention_mask=mask,
+                     past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]]
+    cache.crop(-1)  # the keys and values of 0..p-1: each patch's step adds p's own
     step = dict(input_ids=tokens.gather(1, pos[:, None]), position_ids=pos[:, None], past_key_values=cache,
-                attention_mask=torch.cat([(source >= 0).long(), source.new_ones(B, 1)], 1), use_cache=True)
-    logits = []
+                attention_mask=torch.cat([(source[:, :-1] >= 0).long(), source.new_ones(B, 1)], 1), use_cache=True)
     for patch in patches:
         with patched(lm, layer, torch.zeros_like(pos), patch), full_precision_head(lm):
             logits.append(lm(**step).logits[:, -1])
-        cache.crop(-1)  # drop this step's keys and values: the next patch sees only the prefix
+        cache.crop(-1)
     return logits
 
 
@@ -311,17 +311,17 @@ def real_tokens(tokens, pos, n, which):
 
 
 @torch.no_grad()
-def patched_kls(lm, layer, tokens, pos, acts, patches, batch_size):
+def patched_kls(lm, layer, tokens, pos, patches, batch_size):
     """The measurement that train.py's periodic eval and eval.py share: KL(P(.|A) || P(.|patch)) at p per
-    sample for each patch ({name: [n, d]}), and the logits at p with A and with the first patch ([n, V]).
+    sample for each patch ({name: [n, d]}), and the logits at p of the LM and with the first patch ([n, V]).
     One prefix pass per batch serves every patch, and batches go in order of p, because
     next_token_logits pads a batch's prefixes to its largest p (mixed batches would waste ~40%)."""
     order = pos.argsort()
-    kls = {name: torch.empty(len(acts), device=acts.device) for name in patches}
-    logits_a, logits_first = [None] * len(acts), [None] * len(acts)
-    for i in range(0, len(acts), batch_size):
+    kls = {name: torch.empty(len(tokens), device=tokens.device) for name in patches}
+    logits_a, logits_first = [None] * len(tokens), [None] * len(tokens)
+    for i in range(0, len(tokens), batch_size):
         s = order[i:i + batch_size]
-        with_a, *logits = next_token_logits(lm, layer, tokens[s], pos[s], acts[s], *(p[s] for p in patches.values()))
+        with_a, *logits = next_token_logits(lm, layer, tokens[s], pos[s], *(p[s] for p in patches.values()))
         for name, patch_logits in zip(patches, logits):
             kls[name][s] = kl_div(with_a, patch_logits)
         for j, a, first in zip(s.tolist(), with_a, logits[0]):
@@ -375,7 +375,7 @@ class Lens(nn.Module):
                 recon_real = self.encoder(targets.clamp(min=0))
         with record_function('lens.kl'):
             patch = recon + (acts.roll(1, 0) - recon.roll(1, 0)) if resample else recon
-            logits_a, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, acts.detach(), patch,
+            logits_a, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, patch,
                                                   *([recon_real] if w_warm > 0 else []))
             kl = kl_div(logits_a, logits[0])
         out = dict(kl=kl.mean(), entropy=entropy(dec_logits).mean(), mse=(recon - acts).pow(2).mean())

@@ -9,6 +9,7 @@ block L gives its output exactly, for every architecture.
 """
 import contextlib
 import copy
+import inspect
 import os
 
 import torch
@@ -16,6 +17,7 @@ import torch.utils.checkpoint
 from transformers import Cache
 
 TINY_MODELS = ('tiny-gpt2', 'tiny-llama', 'tiny-qwen2', 'tiny-gemma2', 'tiny-neox')
+CACHE_ARGUMENTS = {'past_key_values', 'past_key_value', 'layer_past'}  # what a block's attention takes the KV cache as
 BLOCK_PATHS = ('transformer.h', 'model.layers', 'model.language_model.layers', 'gpt_neox.layers',
                'model.decoder.layers')
 
@@ -190,11 +192,11 @@ def trainable_copy(model, last_block=None):
     """A trainable fp32 copy of the LM. With last_block, only what a forward stopped after that block
     runs: the later blocks are dropped, and the final norm and the LM head (the modules registered after
     the block list, by HF's convention) stay frozen, so DDP sees no parameter without a gradient."""
-    # copy.deepcopy also copies frozen()'s LM-head hooks, which the copy wants too, but not the blocks' own
-    # forward of compile_blocks / checkpoint_blocks: a function is copied as is, still running the original
+    # copy.deepcopy also copies frozen()'s LM-head hooks, which the copy wants too, but not the forwards set
+    # by compile_blocks / checkpoint_blocks: a function is copied as is, still running the original's modules
     model = set_precision(copy.deepcopy(model), 'float32').requires_grad_(True)
-    for block in blocks(model):
-        block.__dict__.pop('forward', None)
+    for module in model.modules():
+        module.__dict__.pop('forward', None)
     if last_block is not None:
         block_list = blocks(model)
         del block_list[last_block + 1:]
@@ -209,12 +211,17 @@ def trainable_copy(model, last_block=None):
 
 
 def compile_blocks(model):
-    """torch.compile what repeats: each block's forward, its lengths dynamic, so one compiled graph serves
-    every block, step and length. The lens's hooks stay outside the compiled code (forward is compiled,
-    not __call__), so their patches are live at every call."""
+    """torch.compile what repeats and holds no state: the parts of each block that take no KV cache (its
+    norms and MLP), lengths dynamic, so a few graphs serve every block, step and length. A part that takes
+    the cache (attention) stays eager: dynamo guards on the cache's list of layers, which grows by one in
+    each block of a first step, and on the block's layer index, so a whole block compiled recompiled for
+    each block until torch's limit of 8, and ran the rest eager. The lens's hooks are on the blocks,
+    outside the compiled code, so their patches are live at every call."""
     for block in blocks(model):
-        if not hasattr(block.forward, '_torchdynamo_orig_callable'):
-            block.forward = torch.compile(block.forward, dynamic=True)
+        for part in block.children():
+            takes_cache = CACHE_ARGUMENTS & set(inspect.signature(part.forward).parameters)
+            if not takes_cache and any(True for _ in part.parameters()) and not hasattr(part.forward, '_torchdynamo_orig_callable'):
+                part.forward = torch.compile(part.forward, dynamic=True)
     return model
 
 

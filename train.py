@@ -298,7 +298,7 @@ def evaluate():
     acts, tokens, pos = (t.to(device) for t in val_data.get(np.arange(len(val_data) - periodic_eval_samples + rank, len(val_data), world)))
     explanations, ids, recon = explain_all(raw_lens, acts, micro_batch)
     patches = dict(lens=recon, text_shuffled=recon.roll(-1, 0), mean=raw_lens.stats.mean.expand_as(acts))
-    kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, acts, patches, micro_batch)
+    kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, patches, micro_batch)
     samples = [format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b], logits_a[b], logits_recon[b])
                for b in range(min(len(acts), num_print_samples))]
     kl, recon, acts = torch.stack(list(kls.values())).cpu(), recon.cpu(), acts.cpu()  # kl: [3, n]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lens import Lens, LensConfig, gumbel_hard, kl_div, next_token_logits, prefix_attention_mask
-from model import TINY_MODELS, OneHotRows, blocks, compile_blocks, load_model, patched, read_activations
+from model import TINY_MODELS, ByteTokenizer, OneHotRows, blocks, compile_blocks, frozen, load_model, patched, read_activations
 
 LAYER = 1
 
@@ -20,11 +20,12 @@ def batch(lm, B=6, ctx=24, seed=0):
 def test_cheap_kl_equals_the_naive_patched_forward(name):
     lm, _ = load_model(name)
     acts, tokens, pos = batch(lm)
-    recon = (acts + 0.5 * torch.randn_like(acts)).requires_grad_(True)
-    kl = kl_div(*next_token_logits(lm, LAYER, tokens, pos, acts, recon))
+    noise = torch.randn(acts.shape, generator=torch.Generator().manual_seed(0))
+    recon = (acts + 0.5 * noise).requires_grad_(True)
+    kl = kl_div(*next_token_logits(lm, LAYER, tokens, pos, recon))
     grad, = torch.autograd.grad(kl.sum(), recon)
     rows = torch.arange(len(tokens))
-    with torch.no_grad(), patched(lm, LAYER, pos, acts):
+    with torch.no_grad():
         reference = lm(tokens).logits[rows, pos]
     with patched(lm, LAYER, pos, recon):
         naive = kl_div(reference, lm(tokens).logits[rows, pos])
@@ -61,7 +62,7 @@ def test_training_on_a_fixed_batch_halves_the_kl():
 
     def greedy_kl():
         _, _, recon = lens.explain(acts)
-        return kl_div(*next_token_logits(lm, LAYER, tokens, pos, acts, recon)).mean().item()
+        return kl_div(*next_token_logits(lm, LAYER, tokens, pos, recon)).mean().item()
 
     start = greedy_kl()
     for _ in range(40):
@@ -149,8 +150,35 @@ def test_compiled_blocks_give_the_eager_losses_and_gradients_frozen_and_unfrozen
         assert grads.keys() == grads_compiled.keys()
         for n in grads:
             torch.testing.assert_close(grads_compiled[n], grads[n], rtol=1e-3, atol=1e-4 * grads[n].abs().max().item(), msg=n)
-    assert all(hasattr(b.forward, '_torchdynamo_orig_callable') for b in blocks(lens.decoder.lm))
-    assert blocks(lens.decoder.lm)[0].forward._torchdynamo_orig_callable.__self__ is blocks(lens.decoder.lm)[0], "its own forward"
+    mlp = blocks(lens.decoder.lm)[0].mlp
+    assert mlp.forward._torchdynamo_orig_callable.__self__ is mlp, "the copy compiles its own modules"
+
+
+def test_compiled_blocks_compile_once_for_all_blocks_and_not_again_for_a_new_batch():
+    """The number of graphs does not grow with the number of blocks and stays under torch's limit of
+    recompiles (a block compiled whole was compiled again for each block, guarded on the KV cache's
+    layers, and past the limit of 8 ran eager), and a batch of other lengths compiles nothing new."""
+    import transformers
+    from torch._dynamo.utils import counters
+    graphs = []
+    for num_blocks in (2, 6):
+        config = transformers.LlamaConfig(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=num_blocks,
+                                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+        lm = frozen(transformers.LlamaForCausalLM(config), 'cpu')
+        assert sum(p.numel() for p in lm.parameters()) == 16448 + num_blocks * 9280 + 32
+        lens = Lens(LensConfig(layer=1, t_text=3), compile_blocks(lm), ByteTokenizer())
+        torch._dynamo.reset()
+        counters.clear()
+        for seed in (0, 1):
+            if seed == 1:
+                graphs.append(counters['stats']['unique_graphs'])
+                torch.compiler.set_stance('fail_on_recompile')
+            try:
+                with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                    lens(*batch(lm, seed=seed), w_lm=1.0)['loss'].backward()
+            finally:
+                torch.compiler.set_stance('default')
+    assert graphs[0] == graphs[1] > 0
 
 
 @pytest.mark.parametrize('change, message', [
@@ -184,9 +212,9 @@ def test_bfloat16_losses_agree_with_float32(name):
         assert all(p.dtype == torch.float32 and p.grad is not None for p in lens.parameters())
         words = lens.explain(acts)[1] if words is None else words
         with torch.no_grad():
-            out['kl'] = kl_div(*next_token_logits(lm, LAYER, tokens, pos, acts, lens.encoder(words))).mean()
+            out['kl'] = kl_div(*next_token_logits(lm, LAYER, tokens, pos, lens.encoder(words))).mean()
         losses[dtype] = {k: v.item() for k, v in out.items()}
-        logits = next_token_logits(lm, LAYER, tokens, pos, acts)[0]
+        logits = next_token_logits(lm, LAYER, tokens, pos)[0]
         assert logits.dtype == torch.float32 and (dtype == 'float32' or not torch.equal(logits, logits.bfloat16().float())), \
             "the KL's logits must come from the fp32 head, not be bf16-rounded"
     assert losses['float32']['kl'] > 0.1  # the identity encoder's Â differs from A: the KL is not a trivial 0
