@@ -47,7 +47,7 @@ encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 decoder_prompt = '<|endoftext|><embed>'  # <embed> last: the decoder continues the text from A
 # the prompt repeated after the words: the last position re-reads them from their start (docs/experiments.md)
 encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
-compile = False  # torch.compile the blocks' forward, as train.py does
+compile = False  # torch.compile each block's norms and MLP, as train.py does
 unfrozen = False  # the lens trains its own copies of the LM, as train.py does from unfreeze_at on
 grad_checkpointing = False  # the copies recompute their activations in backward (needs unfrozen=True)
 # bench only
@@ -254,9 +254,9 @@ check_layer(lm, layer, 'layer')
 if ctx > max_context(lm):
     raise SystemExit(f"ctx={ctx} is longer than the model's context of {max_context(lm)} tokens: lower --ctx")
 text = lm.config.get_text_config()
-seqsshape = f", encoder_layer {lens_config.encoder_layer}, t_text {t_text}" if bench == 'train' else ''
+lens_shape = f", encoder_layer {lens_config.encoder_layer}, t_text {t_text}" if bench == 'train' else ''
 print(f"bench {bench}: {model} ({sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters, {len(blocks(lm))} blocks, "
-      f"d {text.hidden_size}, vocab {text.vocab_size}), layer {layer}{seqsshape}, ctx {ctx}, batch {batch_size}, "
+      f"d {text.hidden_size}, vocab {text.vocab_size}), layer {layer}{lens_shape}, ctx {ctx}, batch {batch_size}, "
       f"{device} {dtype} ({torch.cuda.get_device_name(device) if cuda else f'CPU threads: {torch.get_num_threads()}'}), "
       f"{warmup_steps} warm-up + {num_steps} timed steps")
 try:

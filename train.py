@@ -50,7 +50,7 @@ run_name = ''  # '' names it {dataset}_{model}_L{layer}_t{t_text}_lr{lr}_{timest
 max_iters = 1000  # the embedded default: 1,000 x 8 = 8,000 samples, one epoch of its dump, ~20 min on 2 CPU cores
 batch_size = 8  # samples per optimizer step, over all ranks and accumulation steps
 gradient_accumulation_steps = 1
-compile = False  # torch.compile each block's forward (one graph serves all; the lens's hooks stay outside)
+compile = False  # torch.compile each block's norms and MLP (a few graphs serve all blocks; attention stays eager)
 # lens
 encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 t_text = 8

@@ -122,8 +122,8 @@ def test_grad_checkpointing_recomputes_the_copies_and_gives_the_same_gradients(n
 
 
 def test_compiled_blocks_give_the_eager_losses_and_gradients_frozen_and_unfrozen():
-    """compile=True compiles each block's forward: the lens's hooks (slot writes, patches, early exit)
-    stay outside and live, an unfrozen copy compiles its own blocks (not the frozen LM's), and the
+    """compile=True compiles each block's norms and MLP: the lens's hooks (slot writes, patches, early
+    exit) stay outside and live, an unfrozen copy compiles its own modules (not the frozen LM's), and the
     losses and gradients equal eager ones (the Gumbel noise is drawn outside the compiled code)."""
     lm, tokenizer = load_model('tiny-llama')
     acts, tokens, pos = batch(lm)
