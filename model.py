@@ -220,7 +220,8 @@ def compile_blocks(model):
     for block in blocks(model):
         for part in block.children():
             takes_cache = CACHE_ARGUMENTS & set(inspect.signature(part.forward).parameters)
-            if not takes_cache and any(True for _ in part.parameters()) and not hasattr(part.forward, '_torchdynamo_orig_callable'):
+            has_weights = any(True for _ in part.parameters())  # not a dropout: something to compile
+            if has_weights and not takes_cache and not hasattr(part.forward, '_torchdynamo_orig_callable'):
                 part.forward = torch.compile(part.forward, dynamic=True)
     return model
 
