@@ -155,30 +155,23 @@ def test_compiled_blocks_give_the_eager_losses_and_gradients_frozen_and_unfrozen
 
 
 def test_compiled_blocks_compile_once_for_all_blocks_and_not_again_for_a_new_batch():
-    """The number of graphs does not grow with the number of blocks and stays under torch's limit of
-    recompiles (a block compiled whole was compiled again for each block, guarded on the KV cache's
-    layers, and past the limit of 8 ran eager), and a batch of other lengths compiles nothing new."""
+    """The graphs compiled for a 2-block model serve a 6-block one and a batch of other lengths without
+    compiling again, and no part reaches torch's limit of recompiles (a block compiled whole was compiled
+    again for each block, guarded on the KV cache's layers, and past the limit of 8 ran eager)."""
     import transformers
-    from torch._dynamo.utils import counters
-    graphs = []
-    for num_blocks in (2, 6):
+    torch._dynamo.reset()
+    for num_blocks, seed in ((2, 0), (6, 1)):
         config = transformers.LlamaConfig(vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=num_blocks,
                                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
         lm = frozen(transformers.LlamaForCausalLM(config), 'cpu')
         assert sum(p.numel() for p in lm.parameters()) == 16448 + num_blocks * 9280 + 32
         lens = Lens(LensConfig(layer=1, t_text=3), compile_blocks(lm), ByteTokenizer())
-        torch._dynamo.reset()
-        counters.clear()
-        for seed in (0, 1):
-            if seed == 1:
-                graphs.append(counters['stats']['unique_graphs'])
-                torch.compiler.set_stance('fail_on_recompile')
-            try:
-                with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-                    lens(*batch(lm, seed=seed), w_lm=1.0)['loss'].backward()
-            finally:
-                torch.compiler.set_stance('default')
-    assert graphs[0] == graphs[1] > 0
+        torch.compiler.set_stance('fail_on_recompile' if num_blocks == 6 else 'default')
+        try:
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                lens(*batch(lm, seed=seed), w_lm=1.0)['loss'].backward()
+        finally:
+            torch.compiler.set_stance('default')
 
 
 @pytest.mark.parametrize('change, message', [
