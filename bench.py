@@ -209,8 +209,7 @@ def run_train(lm, tokenizer):
         print(f"\n{path} path: {rate[path]:.2f} samples/s, {rate[path] * t_text:.1f} explanation tokens/s, "
               f"{seconds[path] / num_steps * 1000:.0f} ms/step, {memory}")
         if path == 'fast':
-            total = sum(split.values())
-            print(f"  time split of one profiled step (forward parts; backward and optimizer are the rest):")
+            print("  time split of one profiled step (forward parts; backward and optimizer are the rest):")
             for part, part_seconds in split.items():
                 print(f"  {part:<12}{part_seconds * 1000:>9.0f} ms")
         print(f"  {achieved / 1e9:.1f} GFLOP/s achieved" + (f", {100 * achieved / peak:.1f}% of the peak ({'MFU' if cuda else 'utilisation'})"

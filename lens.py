@@ -321,10 +321,10 @@ def patched_kls(lm, layer, tokens, pos, patches, batch_size):
     logits_a, logits_first = [None] * len(tokens), [None] * len(tokens)
     for i in range(0, len(tokens), batch_size):
         s = order[i:i + batch_size]
-        with_a, *logits = next_token_logits(lm, layer, tokens[s], pos[s], *(p[s] for p in patches.values()))
+        own, *logits = next_token_logits(lm, layer, tokens[s], pos[s], *(p[s] for p in patches.values()))
         for name, patch_logits in zip(patches, logits):
-            kls[name][s] = kl_div(with_a, patch_logits)
-        for j, a, first in zip(s.tolist(), with_a, logits[0]):
+            kls[name][s] = kl_div(own, patch_logits)
+        for j, a, first in zip(s.tolist(), own, logits[0]):
             logits_a[j], logits_first[j] = a, first
     return kls, torch.stack(logits_a), torch.stack(logits_first)
 
