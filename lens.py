@@ -274,31 +274,41 @@ def prefix_attention_mask(pos, length, dtype, window=None):
     return torch.zeros(allowed.shape, dtype=dtype, device=pos.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def next_token_logits(lm, layer, tokens, pos, *patches):
+def next_token_logits(lm, layer, tokens, pos, *patches, after=0):
     """The logits at p as the LM computes them, then with block `layer`'s output at p replaced by each of
     `patches` ([B, d] each), by the cheap exact path: the logits at p depend only on tokens 0..p, so run
     0..p once without grad (left-padded to a common length), which gives the LM's own logits at p and
     every layer's keys and values of 0..p-1, then run position p alone once per patch. Gradient flows
-    into a patch through the blocks after `layer` at one position."""
-    B, P = len(tokens), int(pos.max())
-    source = torch.arange(P + 1, device=tokens.device)[None] - (P - pos[:, None])  # p at the last column
+    into a patch through the blocks after `layer` at one position.
+    after=K: the logits at p..p+K instead ([B, K + 1, V] each), p still the only position patched: the
+    later tokens read p's residual through attention. The prefix pass runs over 0..p+K and each patch's
+    step over p..p+K. Where p+K runs past the window the missing tokens' logits are garbage: mask them
+    with positions_in_window."""
+    B, P, T = len(tokens), int(pos.max()), tokens.shape[1]
+    source = torch.arange(P + 1 + after, device=tokens.device)[None] - (P - pos[:, None])  # p at column P
     config, dtype = lm.config.get_text_config(), compute_dtype(lm)
-    mask = prefix_attention_mask(pos + 1, P + 1, dtype)
+    mask = prefix_attention_mask(pos + 1 + after, P + 1 + after, dtype)
     if getattr(config, 'sliding_window', None):  # HF hands a 4-D mask to every block as is, without its window
-        windowed = prefix_attention_mask(pos + 1, P + 1, dtype, config.sliding_window)
+        windowed = prefix_attention_mask(pos + 1 + after, P + 1 + after, dtype, config.sliding_window)
         mask = dict(full_attention=mask, sliding_attention=windowed) if hasattr(config, 'layer_types') else windowed
+    inside = source.clamp(0, T - 1)  # beyond the window: a real token stands in, after every position that counts
     cache = DynamicCache()
     with torch.no_grad(), full_precision_head(lm):
-        logits = [lm(input_ids=tokens.gather(1, source.clamp(min=0)), position_ids=source.clamp(min=0), attention_mask=mask,
-                     past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]]
-    cache.crop(-1)  # the keys and values of 0..p-1: each patch's step adds p's own
-    step = dict(input_ids=tokens.gather(1, pos[:, None]), position_ids=pos[:, None], past_key_values=cache,
-                attention_mask=torch.cat([(source[:, :-1] >= 0).long(), source.new_ones(B, 1)], 1), use_cache=True)
+        logits = [lm(input_ids=tokens.gather(1, inside), position_ids=inside, attention_mask=mask,
+                     past_key_values=cache, use_cache=True, logits_to_keep=1 + after).logits]
+    cache.crop(-1 - after)  # the keys and values of 0..p-1: each patch's step adds p..p+K's own
+    step = dict(input_ids=tokens.gather(1, inside[:, P:]), position_ids=inside[:, P:], past_key_values=cache,
+                attention_mask=torch.cat([(source[:, :P] >= 0).long(), source.new_ones(B, 1 + after)], 1), use_cache=True)
     for patch in patches:
         with patched(lm, layer, torch.zeros_like(pos), patch), full_precision_head(lm):
-            logits.append(lm(**step).logits[:, -1])
-        cache.crop(-1)
-    return logits
+            logits.append(lm(**step).logits)
+        cache.crop(-1 - after)
+    return [x[:, -1] for x in logits] if after == 0 else logits
+
+
+def positions_in_window(pos, after, length):
+    """Whether each of p..p+K lies inside a window of `length` tokens: [B, K + 1]."""
+    return pos[:, None] + torch.arange(after + 1, device=pos.device) < length
 
 
 def real_tokens(tokens, pos, n, which):
@@ -311,21 +321,24 @@ def real_tokens(tokens, pos, n, which):
 
 
 @torch.no_grad()
-def patched_kls(lm, layer, tokens, pos, patches, batch_size):
+def patched_kls(lm, layer, tokens, pos, patches, batch_size, after=0):
     """The measurement that train.py's periodic eval and eval.py share: KL(P(.|A) || P(.|patch)) at p per
     sample for each patch ({name: [n, d]}), and the logits at p of the LM and with the first patch ([n, V]).
+    after=K: the KLs at p..p+K, only p patched ([n, K + 1] each; NaN where p + k is past the window).
     One prefix pass per batch serves every patch, and batches go in order of p, because
     next_token_logits pads a batch's prefixes to its largest p (mixed batches would waste ~40%)."""
     order = pos.argsort()
-    kls = {name: torch.empty(len(tokens), device=tokens.device) for name in patches}
+    shape = (len(tokens),) + ((after + 1,) if after else ())
+    kls = {name: torch.empty(shape, device=tokens.device) for name in patches}
     logits_a, logits_first = [None] * len(tokens), [None] * len(tokens)
     for i in range(0, len(tokens), batch_size):
         s = order[i:i + batch_size]
-        own, *logits = next_token_logits(lm, layer, tokens[s], pos[s], *(p[s] for p in patches.values()))
+        own, *logits = next_token_logits(lm, layer, tokens[s], pos[s], *(p[s] for p in patches.values()), after=after)
         for name, patch_logits in zip(patches, logits):
-            kls[name][s] = kl_div(own, patch_logits)
+            kl = kl_div(own, patch_logits)
+            kls[name][s] = kl if not after else kl.masked_fill(~positions_in_window(pos[s], after, tokens.shape[1]), float('nan'))
         for j, a, first in zip(s.tolist(), own, logits[0]):
-            logits_a[j], logits_first[j] = a, first
+            logits_a[j], logits_first[j] = (a, first) if not after else (a[0], first[0])
     return kls, torch.stack(logits_a), torch.stack(logits_first)
 
 
@@ -356,7 +369,7 @@ class Lens(nn.Module):
         self.encoder.unfreeze(grad_checkpointing)
 
     def forward(self, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
-                warm_target='previous', resample=False):
+                warm_target='previous', resample=False, kl_positions=0, w_downstream=1.0):
         """The training losses for a batch. Returns a dict of scalars: 'loss' is the weighted total, 'lm',
         'warm' and 'kl_real_text' are there only while their weights are non-zero (their passes are skipped
         otherwise).
@@ -365,7 +378,12 @@ class Lens(nn.Module):
         w_warm: weight of the warm start, which gives both sides a per-sample target from the first step:
         the decoder's cross-entropy for writing t_text real tokens (teacher-forced), and the KL of the
         encoder reading them ('warm' and 'kl_real_text' in the dict). warm_target: the tokens ending at p
-        ('previous') or following it ('next')."""
+        ('previous') or following it ('next').
+        kl_positions=K: also the KL at the K positions after p, only p patched (later tokens read p's
+        residual through attention, for what it says about the text so far), summed over the positions
+        inside the window, weighted by w_downstream ('kl_downstream' in the dict).
+        w_mse weighs the MSE of Â - A in units of A's scale (about 1 - FVE), not in raw units, which a
+        few massive dimensions dominate and which differ by orders of magnitude between models."""
         with record_function('lens.decoder'):  # labels for profilers: bench.py's time split, GPU traces
             one_hot, dec_logits, ids = self.decoder(acts, tau)
         with record_function('lens.encoder'):
@@ -376,9 +394,14 @@ class Lens(nn.Module):
         with record_function('lens.kl'):
             patch = recon + (acts.roll(1, 0) - recon.roll(1, 0)) if resample else recon
             logits_a, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, patch,
-                                                  *([recon_real] if w_warm > 0 else []))
+                                                  *([recon_real] if w_warm > 0 else []), after=kl_positions)
+            if kl_positions:
+                later = kl_div(logits_a[:, 1:], logits[0][:, 1:]) * positions_in_window(pos, kl_positions, tokens.shape[1])[:, 1:]
+                logits_a, logits = logits_a[:, 0], [x[:, 0] for x in logits]
             kl = kl_div(logits_a, logits[0])
-        out = dict(kl=kl.mean(), entropy=entropy(dec_logits).mean(), mse=(recon - acts).pow(2).mean())
+        out = dict(kl=kl.mean(), entropy=entropy(dec_logits).mean(), mse=((recon - acts) / self.stats.scale).pow(2).mean())
+        if kl_positions:
+            out['kl_downstream'] = later.sum(1).mean()
         if w_lm > 0:  # the reference pass costs a forward: skipped while fluency has no weight
             with record_function('lens.fluency'), torch.no_grad():
                 natural = self.natural_prefix[None].expand(len(ids), -1)
@@ -392,7 +415,8 @@ class Lens(nn.Module):
                 kl_real = kl_div(logits_a, logits[1])
                 out['kl_real_text'] = (kl_real * complete).sum() / complete.sum().clamp(min=1)
         out['loss'] = (w_kl * out['kl'] + w_lm * out.get('lm', 0) - w_entropy * out['entropy'] + w_mse * out['mse']
-                       + w_warm * (out['warm'] + out['kl_real_text'] if w_warm > 0 else 0))
+                       + w_warm * (out['warm'] + out['kl_real_text'] if w_warm > 0 else 0)
+                       + w_downstream * out.get('kl_downstream', 0))
         return out | dict(fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())
 
     @torch.no_grad()

@@ -66,7 +66,9 @@ w_lm = 0.01  # fluency weight, times alpha: its target ignores A, and at 1.0 it 
 alpha_warmup_iters = 100  # alpha rises linearly from 0 to 1 so fluency arrives after the KL signal
 w_entropy = 0.0  # entropy bonus, linearly decayed to 0 over entropy_decay_iters (0: constant)
 entropy_decay_iters = 0
-w_mse = 0.0
+w_mse = 0.0  # MSE of Â - A in units of A's scale (about 1 - FVE): keeps Â near A where the next token does not look
+kl_positions = 0  # also the KL at the K positions after p, only p patched: later tokens read p through attention
+w_downstream = 1.0  # weight of that KL, summed over the K positions
 warm_start_weight = 1.0  # the decoder's cross-entropy for writing the real tokens after p (and the encoder's KL
 warm_start_iters = 100  # reading them), decayed linearly to 0 over these iterations: a per-sample signal from step 0
 warm_start_target = 'next'  # the real tokens it writes and reads: 'next' (after p) or 'previous'
@@ -158,6 +160,9 @@ elif acts_source == 'tokens':
 else:
     raise SystemExit(f"acts_source={acts_source!r}: use 'shards' (run dump.py first) or 'tokens' (no dump)")
 num_val = num_val_samples if acts_source == 'tokens' else len(val_data)
+if not 0 <= kl_positions < ctx:
+    raise SystemExit(f"kl_positions={kl_positions}: the KL after p reaches at most ctx - 1 = {ctx - 1} positions past p "
+                     f"and 0 turns it off, pass e.g. --kl_positions=4")
 if periodic_eval_samples > num_val:
     raise SystemExit(f"periodic_eval_samples={periodic_eval_samples} but the val split has {num_val}: "
                      f"lower --periodic_eval_samples")
@@ -402,7 +407,8 @@ while True:
         if ddp:
             lens.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         out = lens(acts, tokens, pos, tau=tau, w_kl=w_kl, w_lm=alpha * w_lm, w_entropy=w_ent, w_mse=w_mse,
-                   w_warm=w_warm, warm_target=warm_start_target, resample=resample_ablation)
+                   w_warm=w_warm, warm_target=warm_start_target, resample=resample_ablation,
+                   kl_positions=kl_positions, w_downstream=w_downstream)
         (out['loss'] / gradient_accumulation_steps).backward()
         parts = {k: parts.get(k, 0) + v.detach() / gradient_accumulation_steps for k, v in out.items()}
     flags = torch.tensor([float(not torch.isfinite(parts['loss'])), float(stop_requested)], device=device)
@@ -427,7 +433,7 @@ while True:
     if iter_num % log_interval == 0:
         parts = {k: v.item() for k, v in parts.items()}
         step_time = np.mean(step_times[-log_interval:])
-        optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text') if k in parts)
+        optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text', 'kl_downstream') if k in parts)
         print0(f"iter {iter_num}: loss {parts['loss']:.4f} kl {parts['kl']:.4f} {optional}"
                f"ent {parts['entropy']:.3f} fve {parts['fve']:.3f} | tau {tau:.3f} alpha {alpha:.2f} lr {lr:.2e} | "
                f"{batch_size / step_time:.1f} samples/s, {step_time * 1000:.0f} ms/iter, "

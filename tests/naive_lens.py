@@ -12,7 +12,7 @@ from model import block_tensor, blocks, compute_dtype, embed, full_precision_hea
 
 
 def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
-                  warm_target='previous'):
+                  warm_target='previous', kl_positions=0, w_downstream=1.0):
     """Lens.forward's loss dict for the same arguments and Gumbel noise."""
     lm, dec, enc, B, T = lens.lm, lens.decoder, lens.encoder, len(acts), lens.cfg.t_text
     prefix, writes = dec.prefix(acts, dec.lm)
@@ -36,10 +36,15 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
 
     rows = torch.arange(B, device=tokens.device)
     with torch.no_grad(), patched(lm, lens.cfg.layer, pos, acts), full_precision_head(lm):
-        logits_a = lm(input_ids=tokens).logits[rows, pos]
+        window_a = lm(input_ids=tokens).logits
     with patched(lm, lens.cfg.layer, pos, recon), full_precision_head(lm):
-        logits_recon = lm(input_ids=tokens).logits[rows, pos]
-    kl = kl_div(logits_a, logits_recon)
+        window_recon = lm(input_ids=tokens).logits
+    logits_a = window_a[rows, pos]
+    kl = kl_div(logits_a, window_recon[rows, pos])
+    downstream = torch.zeros(B)
+    for b in range(B):
+        later = slice(int(pos[b]) + 1, min(int(pos[b]) + 1 + kl_positions, tokens.shape[1]))
+        downstream[b] = kl_div(window_a[b, later], window_recon[b, later]).sum()
 
     ids = one_hot.argmax(-1)
     with torch.no_grad():
@@ -58,7 +63,9 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
             kl_real = kl_div(logits_a, lm(input_ids=tokens).logits[rows, pos])
         kl_real_text = kl_real[complete].mean() if complete.any() else torch.zeros(())
     ent = entropy(dec_logits).mean()
-    mse = (recon - acts).pow(2).mean()
-    loss = w_kl * kl.mean() + w_lm * fluency - w_entropy * ent + w_mse * mse + w_warm * (warm + kl_real_text)
+    mse = ((recon - acts) / lens.stats.scale).pow(2).mean()
+    loss = (w_kl * kl.mean() + w_lm * fluency - w_entropy * ent + w_mse * mse + w_warm * (warm + kl_real_text)
+            + w_downstream * downstream.mean())
     return dict(loss=loss, kl=kl.mean(), lm=fluency, entropy=ent, mse=mse, warm=warm, kl_real_text=kl_real_text,
+                kl_downstream=downstream.mean(),
                 fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())

@@ -36,6 +36,27 @@ def test_cheap_kl_equals_the_naive_patched_forward(name):
 
 
 @pytest.mark.parametrize('name', TINY_MODELS)
+def test_downstream_kls_equal_the_naive_patched_window_and_mark_what_is_past_it(name):
+    """patched_kls(after=K): only p patched, the KL at p..p+K of the whole window's forward; NaN past the window."""
+    from lens import patched_kls
+    lm, _ = load_model(name)
+    acts, tokens, pos = batch(lm, B=8)
+    pos[1] = tokens.shape[1] - 3  # two positions after p, not three
+    recon = acts + 0.5 * torch.randn(acts.shape, generator=torch.Generator().manual_seed(1))
+    kls = patched_kls(lm, LAYER, tokens, pos, dict(lens=recon), batch_size=3, after=3)[0]['lens']
+    with torch.no_grad():
+        reference = lm(tokens).logits
+        with patched(lm, LAYER, pos, recon):
+            naive = kl_div(reference, lm(tokens).logits)  # [B, T]
+    for b, p in enumerate(pos.tolist()):
+        inside = min(4, tokens.shape[1] - p)
+        torch.testing.assert_close(kls[b, :inside], naive[b, p:p + inside], rtol=1e-4, atol=1e-6)
+        assert kls[b, inside:].isnan().all()
+    assert kls[1, :3].isfinite().all() and kls[1, 3].isnan() and kls[0, 1:].isnan().all()
+    assert kls[:, 1:].nan_to_num().sum() > 1e-4, 'later positions read p through attention: the patch must reach them'
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
 def test_gradients_reach_every_trainable_parameter(name):
     lm, tokenizer = load_model(name)
     acts, tokens, pos = batch(lm)
@@ -255,7 +276,7 @@ def test_prefix_mask_is_causal_over_real_tokens_and_never_masks_a_whole_row(wind
                                                ('tiny-gemma2', 'next'), ('tiny-neox', 'previous')])
 def test_lens_forward_equals_the_naive_reference(name, warm_target):
     """Every cheap path of Lens.forward (KV-cached decoding, early-exit encoder, one-position KL with its
-    left-padded prefix) against tests/naive_lens.py, losses and gradients, with every slot write on."""
+    left-padded prefix, the KL at the positions after p) against tests/naive_lens.py, losses and gradients, with every slot write on."""
     from naive_lens import naive_forward
     lm, tokenizer = load_model(name)
     acts, tokens, pos = batch(lm)
@@ -264,7 +285,7 @@ def test_lens_forward_equals_the_naive_reference(name, warm_target):
                            decoder_prompt='<|endoftext|>In short: <embed>'), lm, tokenizer)
     lens.stats.set(acts)
     torch.nn.init.normal_(lens.encoder.proj.weight, std=0.05)
-    weights = dict(tau=0.7, w_lm=0.5, w_entropy=0.1, w_mse=1e-3, w_warm=0.3, warm_target=warm_target)
+    weights = dict(tau=0.7, w_lm=0.5, w_entropy=0.1, w_mse=0.2, w_warm=0.3, warm_target=warm_target, kl_positions=3, w_downstream=2.0)
     results = []
     for forward in (lens, lambda *a, **k: naive_forward(lens, *a, **k)):
         torch.manual_seed(0)

@@ -175,6 +175,7 @@ def test_training_from_tokens_equals_training_from_the_dump(shards, tmp_path):
     (dict(grad_checkpointing=True), "grad_checkpointing=True recomputes the activations of the unfrozen LM copies"),
     (dict(acts_source='memory'), "acts_source='memory': use 'shards' (run dump.py first) or 'tokens'"),
     (dict(lr_schedule='step'), "lr_schedule='step': use one of cosine, linear, polynomial"),
+    (dict(kl_positions=32), 'kl_positions=32: the KL after p reaches at most ctx - 1 = 31'),
 ])
 def test_user_errors(shards, change, message):
     proc = run_script('train.py', *args(TRAIN | dict(out_dir=shards, run_name='bad') | change), check=False)
