@@ -312,9 +312,11 @@ def positions_in_window(pos, after, length):
 
 
 def real_tokens(tokens, pos, n, which):
-    """The n real tokens of each window ending at p ('previous') or following it ('next'), [B, n], with
-    -100 (cross-entropy's ignore index) outside the window, and whether a row is complete [B]."""
-    offset = pos[:, None] + torch.arange(n, device=pos.device) + (1 - n if which == 'previous' else 1)
+    """The n real tokens of each window ending at p ('previous'), following it ('next') or around it, p the
+    (n//2)-th of them ('around'), [B, n], with -100 (cross-entropy's ignore index) outside the window, and whether a
+    row is complete [B]."""
+    first = dict(previous=1 - n, next=1, around=1 - n // 2)[which]
+    offset = pos[:, None] + torch.arange(n, device=pos.device) + first
     outside = (offset < 0) | (offset >= tokens.shape[1])
     rows = tokens.gather(1, offset.clamp(0, tokens.shape[1] - 1)).masked_fill(outside, -100)
     return rows, ~outside.any(1)
@@ -378,7 +380,7 @@ class Lens(nn.Module):
         w_warm: weight of the warm start, which gives both sides a per-sample target from the first step:
         the decoder's cross-entropy for writing t_text real tokens (teacher-forced), and the KL of the
         encoder reading them ('warm' and 'kl_real_text' in the dict). warm_target: the tokens ending at p
-        ('previous') or following it ('next').
+        ('previous'), following it ('next') or around it ('around').
         kl_positions=K: also the KL at the K positions after p, only p patched (later tokens read p's
         residual through attention, for what it says about the text so far), summed over the positions
         inside the window, weighted by w_downstream ('kl_downstream' in the dict).

@@ -71,7 +71,7 @@ kl_positions = 0  # also the KL at the K positions after p, only p patched: late
 w_downstream = 1.0  # weight of that KL, summed over the K positions
 warm_start_weight = 1.0  # the decoder's cross-entropy for writing the real tokens after p (and the encoder's KL
 warm_start_iters = 100  # reading them), decayed linearly to 0 over these iterations: a per-sample signal from step 0
-warm_start_target = 'next'  # the real tokens it writes and reads: 'next' (after p) or 'previous'
+warm_start_target = 'next'  # the real tokens it writes and reads: 'next' (after p), 'previous' (ending at p) or 'around' p
 resample_ablation = False  # patch Â + (A' - Â') with A' another sample of the batch
 tau_start = 1.0  # Gumbel-softmax temperature: held for tau_hold_iters, then decays to tau_end
 tau_end = 0.1
@@ -127,8 +127,9 @@ if grad_checkpointing and unfreeze_at < 0:
     raise SystemExit("grad_checkpointing=True recomputes the activations of the unfrozen LM copies, and with "
                      "unfreeze_at=-1 there are none (the frozen LM stores no weight gradients): set unfreeze_at, "
                      "or drop grad_checkpointing")
-if warm_start_target not in ('previous', 'next'):
-    raise SystemExit(f"warm_start_target={warm_start_target!r}: use 'previous' (the tokens ending at p) or 'next' (after p)")
+if warm_start_target not in ('previous', 'next', 'around'):
+    raise SystemExit(f"warm_start_target={warm_start_target!r}: use 'previous' (the tokens ending at p), 'next' (after p) "
+                     f"or 'around' (p in the middle)")
 if device.startswith('cuda'):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

@@ -273,7 +273,7 @@ def test_prefix_mask_is_causal_over_real_tokens_and_never_masks_a_whole_row(wind
 
 
 @pytest.mark.parametrize('name, warm_target', [('tiny-gpt2', 'previous'), ('tiny-llama', 'next'), ('tiny-qwen2', 'previous'),
-                                               ('tiny-gemma2', 'next'), ('tiny-neox', 'previous')])
+                                               ('tiny-gemma2', 'next'), ('tiny-neox', 'around')])
 def test_lens_forward_equals_the_naive_reference(name, warm_target):
     """Every cheap path of Lens.forward (KV-cached decoding, early-exit encoder, one-position KL with its
     left-padded prefix, the KL at the positions after p) against tests/naive_lens.py, losses and gradients, with every slot write on."""
@@ -297,3 +297,14 @@ def test_lens_forward_equals_the_naive_reference(name, warm_target):
         torch.testing.assert_close(fast[key], naive[key], rtol=1e-4, atol=1e-5, msg=key)
     for (n, _), g, h in zip(lens.named_parameters(), fast_grads, naive_grads):
         torch.testing.assert_close(g, h, rtol=1e-3, atol=1e-4 * h.abs().max().item() + 1e-9, msg=n)
+
+
+def test_real_tokens_by_value():
+    from lens import real_tokens
+    tokens, pos = torch.arange(10)[None].expand(2, -1) + 100, torch.tensor([1, 8])
+    for which, expected in (('previous', [[-100, -100, 100, 101], [105, 106, 107, 108]]),
+                            ('next', [[102, 103, 104, 105], [109, -100, -100, -100]]),
+                            ('around', [[100, 101, 102, 103], [107, 108, 109, -100]])):
+        rows, complete = real_tokens(tokens, pos, 4, which)
+        assert rows.tolist() == expected, which
+        assert complete.tolist() == [-100 not in row for row in expected], which
