@@ -27,10 +27,10 @@ from safetensors.torch import load_file, save_file
 from torch.profiler import record_function
 from transformers import DynamicCache
 
-from model import (block_output, blocks, check_layer, checkpoint_blocks, compute_dtype, embed, full_precision_head, patched,
-                   trainable_copy)
+from model import block_output, blocks, check_layer, checkpoint_blocks, compute_dtype, embed, next_token_logits, trainable_copy
 
 TAU_FLOOR = 0.1  # below this the Gumbel-softmax gradient becomes too spiky to learn from
+EMBEDDING_ROWS = 4096  # rows of the embedding matrix ActivationStats reads at a time
 
 
 @dataclass
@@ -252,53 +252,16 @@ class ActivationStats(nn.Module):
         d = lm.get_input_embeddings().embedding_dim
         self.register_buffer('mean', torch.zeros(d))
         self.register_buffer('scale', torch.ones(()))
-        embeddings = embed(lm, torch.arange(lm.get_input_embeddings().num_embeddings, device=lm.device)).float()
-        self.register_buffer('embedding_rms', embeddings.pow(2).mean().sqrt())
+        # 4,096 rows at a time: a [V, d] fp32 copy would be 2 GB at a 128k vocabulary and d 4096
+        ids = torch.arange(lm.get_input_embeddings().num_embeddings, device=lm.device)
+        squares = sum(embed(lm, chunk).float().pow(2).sum() for chunk in ids.split(EMBEDDING_ROWS))
+        self.register_buffer('embedding_rms', (squares / (len(ids) * d)).sqrt())
 
     @torch.no_grad()
     def set(self, acts):
         """From a sample of activations [n, d]."""
         self.mean.copy_(acts.float().mean(0))
         self.scale.copy_((acts.float() - self.mean).pow(2).mean().sqrt())
-
-
-def prefix_attention_mask(pos, length, dtype, window=None):
-    """The additive 4-D mask [B, 1, length, length] of a prefix left-padded so that sample b's tokens
-    0..pos[b]-1 end at the last column: causal over real tokens (within the last `window` tokens if
-    given), and each padded row attends to itself only. No row is fully masked: some SDPA backends
-    (cuDNN) return NaN for such rows, and a NaN key would then poison every real token of its batch."""
-    column = torch.arange(length, device=pos.device)
-    real = column[None] >= (length - pos[:, None])  # [B, length]
-    causal = (column[:, None] >= column[None, :]) & (column[:, None] - column[None, :] < (window or length))
-    allowed = causal[None] & real[:, None, :] | torch.eye(length, dtype=torch.bool, device=pos.device)
-    return torch.zeros(allowed.shape, dtype=dtype, device=pos.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-def next_token_logits(lm, layer, tokens, pos, *patches):
-    """The logits at p as the LM computes them, then with block `layer`'s output at p replaced by each of
-    `patches` ([B, d] each), by the cheap exact path: the logits at p depend only on tokens 0..p, so run
-    0..p once without grad (left-padded to a common length), which gives the LM's own logits at p and
-    every layer's keys and values of 0..p-1, then run position p alone once per patch. Gradient flows
-    into a patch through the blocks after `layer` at one position."""
-    B, P = len(tokens), int(pos.max())
-    source = torch.arange(P + 1, device=tokens.device)[None] - (P - pos[:, None])  # p at the last column
-    config, dtype = lm.config.get_text_config(), compute_dtype(lm)
-    mask = prefix_attention_mask(pos + 1, P + 1, dtype)
-    if getattr(config, 'sliding_window', None):  # HF hands a 4-D mask to every block as is, without its window
-        windowed = prefix_attention_mask(pos + 1, P + 1, dtype, config.sliding_window)
-        mask = dict(full_attention=mask, sliding_attention=windowed) if hasattr(config, 'layer_types') else windowed
-    cache = DynamicCache()
-    with torch.no_grad(), full_precision_head(lm):
-        logits = [lm(input_ids=tokens.gather(1, source.clamp(min=0)), position_ids=source.clamp(min=0), attention_mask=mask,
-                     past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]]
-    cache.crop(-1)  # the keys and values of 0..p-1: each patch's step adds p's own
-    step = dict(input_ids=tokens.gather(1, pos[:, None]), position_ids=pos[:, None], past_key_values=cache,
-                attention_mask=torch.cat([(source[:, :-1] >= 0).long(), source.new_ones(B, 1)], 1), use_cache=True)
-    for patch in patches:
-        with patched(lm, layer, torch.zeros_like(pos), patch), full_precision_head(lm):
-            logits.append(lm(**step).logits[:, -1])
-        cache.crop(-1)
-    return logits
 
 
 def real_tokens(tokens, pos, n, which):
