@@ -130,8 +130,8 @@ class WithLM(nn.Module):
     def lm(self):
         return self.frozen_lm if self.lm_copy is None else self.lm_copy
 
-    def unfreeze(self, grad_checkpointing=False, last_block=None):
-        self.lm_copy = trainable_copy(self.frozen_lm, last_block)
+    def unfreeze(self, grad_checkpointing=False, shard=None, last_block=None):
+        self.lm_copy = trainable_copy(self.frozen_lm, last_block, shard)
         if grad_checkpointing:
             checkpoint_blocks(self.lm_copy)
 
@@ -230,8 +230,8 @@ class Encoder(WithLM):
         self.prompt_postfix = prompt_parameter(lm, tokenizer, postfix)
         self.proj = square_linear(lm.get_input_embeddings().embedding_dim, identity=cfg.encoder_init == 'identity')
 
-    def unfreeze(self, grad_checkpointing=False):
-        super().unfreeze(grad_checkpointing, last_block=self.layer)
+    def unfreeze(self, grad_checkpointing=False, shard=None):
+        super().unfreeze(grad_checkpointing, shard, last_block=self.layer)
 
     def forward(self, text):
         """Â from the explanation: `text` is one-hot rows [B, T, V] (gradients flow) or token ids [B, T]."""
@@ -312,11 +312,12 @@ class Lens(nn.Module):
         natural = cfg.decoder_prompt.replace('<embed>', 'something')
         self.natural_prefix = torch.tensor(tokenizer.encode(natural), dtype=torch.long, device=lm.device)
 
-    def unfreeze(self, grad_checkpointing=False):
+    def unfreeze(self, grad_checkpointing=False, shard=None):
         """From now on each side runs its own trainable copy of the LM; grad_checkpointing recomputes the
-        copies' blocks in backward instead of storing them (bench.py: -15% memory, +6% time at batch 32)."""
-        self.decoder.unfreeze(grad_checkpointing)
-        self.encoder.unfreeze(grad_checkpointing)
+        copies' blocks in backward instead of storing them (bench.py: -15% memory, +6% time at batch 32);
+        shard takes each copied block as it is made (train.py's FSDP)."""
+        self.decoder.unfreeze(grad_checkpointing, shard)
+        self.encoder.unfreeze(grad_checkpointing, shard)
 
     def forward(self, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
                 warm_target='previous', resample=False):
@@ -371,13 +372,15 @@ def model_signature(lm):
     return dict(d_model=emb.embedding_dim, vocab_size=emb.num_embeddings, num_blocks=len(blocks(lm)))
 
 
-def save_lens_folder(lens, folder, model, iter_num=None, train_config=None):
+def save_lens_folder(lens, folder, model, iter_num=None, train_config=None, state=None):
     """Share a trained lens as <folder>/config.json (its settings and the model it explains) and
     <folder>/lens.safetensors (its trainable parameters and activation statistics: no pickle, so a lens
-    from anyone is safe to load). A lens with unfrozen LM copies is saved whole, the copies included."""
+    from anyone is safe to load). A lens with unfrozen LM copies is saved whole, the copies included.
+    state: the lens's state dict when lens.state_dict() would not give it whole (gathered from FSDP's shards)."""
     os.makedirs(folder, exist_ok=True)
     # cloned: the tied weights of an LM copy share memory, which safetensors refuses to write
-    save_file({k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in lens.state_dict().items()},
+    state = lens.state_dict() if state is None else state
+    save_file({k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in state.items()},
               os.path.join(folder, 'lens.safetensors.tmp'))
     with open(os.path.join(folder, 'config.json.tmp'), 'w') as f:
         json.dump(dict(model=model, **model_signature(lens.lm), unfrozen=lens.decoder.lm_copy is not None, iter_num=iter_num,
@@ -397,7 +400,7 @@ def load_checkpoint(path):
     if not os.path.exists(path):
         raise SystemExit(f"checkpoint {path} not found: train one with train.py, or pass --ckpt=path/to/ckpt.pt "
                          f"or --lens=path/to/lens_folder")
-    return torch.load(path, map_location='cpu', weights_only=True)
+    return torch.load(path, map_location='cpu', weights_only=True, mmap=True)  # mmap: ranks share the page cache
 
 
 def newest_run(out_dir, files):
