@@ -138,6 +138,13 @@ def pick_dtype(dtype, device):
     return dtype
 
 
+def use_tf32():
+    """TF32 matmuls and convolutions for what runs in fp32 on CUDA (the fp32 LM copies, the KL's head), set
+    through fp32_precision: allow_tf32 is deprecated since torch 2.9, and mixing the two raises."""
+    torch.backends.cuda.matmul.fp32_precision = 'tf32'
+    torch.backends.cudnn.conv.fp32_precision = 'tf32'
+
+
 def frozen(model, device, dtype='float32'):
     """The model on `device` with its parameters in `dtype`, in eval mode (a model built from a config
     starts with dropout on), frozen. Buffers keep their dtype, as from_pretrained(dtype=...) leaves

@@ -32,7 +32,7 @@ from configurator import configure, given_keys
 from dump import Shards, TokenWindows, batch_indices, read_tokens, same_setting, start_ranks
 from lens import (Lens, LensConfig, explain_all, format_sample, load_checkpoint, newest_run, patched_kls,
                   reconstruction_metrics, save_lens_folder)
-from model import DTYPES, check_layer, compile_blocks, load_model, pick_dtype
+from model import DTYPES, check_layer, compile_blocks, load_model, pick_dtype, use_tf32
 
 # -----------------------------------------------------------------------------
 # data and model (shared with dump.py and eval.py)
@@ -139,9 +139,8 @@ if grad_checkpointing and unfreeze_at < 0:
                      "or drop grad_checkpointing")
 if warm_start_target not in ('previous', 'next'):
     raise SystemExit(f"warm_start_target={warm_start_target!r}: use 'previous' (the tokens ending at p) or 'next' (after p)")
-if device.startswith('cuda'):  # TF32 for what runs in fp32 (the fp32 copies, the KL's head); allow_tf32 is deprecated
-    torch.backends.cuda.matmul.fp32_precision = 'tf32'
-    torch.backends.cudnn.conv.fp32_precision = 'tf32'
+if device.startswith('cuda'):
+    use_tf32()
 
 
 MAX_SKIPPED = 10  # non-finite steps in a row before training stops with a message

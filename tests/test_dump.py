@@ -220,3 +220,18 @@ def test_full_precision_logits_are_the_lms_logits_in_fp32(name):
             if dtype == 'float32':
                 torch.testing.assert_close(logits, lm(tokens).logits, rtol=1e-5, atol=1e-5)
         assert logits.dtype == torch.float32 and not torch.equal(logits, logits.bfloat16().float())
+
+
+def test_tf32_is_set_through_fp32_precision_not_the_deprecated_flags():
+    """torch 2.9+ deprecates allow_tf32, and raises when it is mixed with fp32_precision: use_tf32 sets only
+    the new API (it runs on a CPU too: the settings are global flags, read by CUDA kernels)."""
+    import warnings
+    from model import use_tf32
+    matmul, conv = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')  # a deprecated setter would warn
+            use_tf32()
+        assert torch.backends.cuda.matmul.fp32_precision == 'tf32' and torch.backends.cudnn.conv.fp32_precision == 'tf32'
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul, conv
