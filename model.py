@@ -227,7 +227,11 @@ def compile_blocks(model):
     the cache (attention) stays eager: dynamo guards on the cache's list of layers, which grows by one in
     each block of a first step, and on the block's layer index, so a whole block compiled recompiled for
     each block until torch's limit of 8, and ran the rest eager. The lens's hooks are on the blocks,
-    outside the compiled code, so their patches are live at every call."""
+    outside the compiled code, so their patches are live at every call. One code object serves the parts
+    of the frozen LM and of both copies in all their variants (bf16 and fp32 weights, with and without
+    grad, one token and several, ...): more than torch's default limit of 8 graphs (measured: 8 hit by 30
+    iterations through unfreezing, the rest then ran eager, silently), hence a limit of 64."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for block in blocks(model):
         for part in block.children():
             takes_cache = CACHE_ARGUMENTS & set(inspect.signature(part.forward).parameters)
