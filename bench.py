@@ -29,7 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from configurator import configure
 from dump import Shards
 from lens import Lens, LensConfig
-from model import ByteTokenizer, blocks, check_layer, compile_blocks, frozen, load_model, max_context, pick_dtype, read_activations
+from model import (ByteTokenizer, blocks, check_layer, compile_blocks, frozen, load_model, max_context, pick_dtype, read_activations,
+                   use_tf32)
 
 # -----------------------------------------------------------------------------
 # the keys shared with train.py, with its defaults
@@ -71,8 +72,7 @@ if grad_checkpointing and not unfrozen:
 if bench not in ('train', 'dump'):
     raise SystemExit(f"bench={bench!r}: use 'train' (a training step) or 'dump' (dump.py's forward)")
 if cuda:
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    use_tf32()
 
 
 def sync():

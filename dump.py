@@ -118,7 +118,8 @@ def start_ranks(device):
     if device.startswith('cuda'):
         device = f"cuda:{os.environ['LOCAL_RANK']}"
         torch.cuda.set_device(device)
-    torch.distributed.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
+    cuda = device.startswith('cuda')  # device_id: NCCL binds this rank's GPU now, not at its first collective
+    torch.distributed.init_process_group('nccl' if cuda else 'gloo', device_id=torch.device(device) if cuda else None)
     return int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), device
 
 

@@ -27,10 +27,11 @@ from safetensors.torch import load_file, save_file
 from torch.profiler import record_function
 from transformers import DynamicCache
 
-from model import (block_output, blocks, check_layer, checkpoint_blocks, compute_dtype, embed, full_precision_head, patched,
-                   trainable_copy)
+from model import (block_output, blocks, check_layer, checkpoint_blocks, compute_dtype, embed, next_token_logits,
+                   positions_in_window, trainable_copy)
 
 TAU_FLOOR = 0.1  # below this the Gumbel-softmax gradient becomes too spiky to learn from
+EMBEDDING_ROWS = 4096  # rows of the embedding matrix ActivationStats reads at a time
 
 
 @dataclass
@@ -130,8 +131,8 @@ class WithLM(nn.Module):
     def lm(self):
         return self.frozen_lm if self.lm_copy is None else self.lm_copy
 
-    def unfreeze(self, grad_checkpointing=False, last_block=None):
-        self.lm_copy = trainable_copy(self.frozen_lm, last_block)
+    def unfreeze(self, grad_checkpointing=False, shard=None, last_block=None):
+        self.lm_copy = trainable_copy(self.frozen_lm, last_block, shard)
         if grad_checkpointing:
             checkpoint_blocks(self.lm_copy)
 
@@ -230,8 +231,8 @@ class Encoder(WithLM):
         self.prompt_postfix = prompt_parameter(lm, tokenizer, postfix)
         self.proj = square_linear(lm.get_input_embeddings().embedding_dim, identity=cfg.encoder_init == 'identity')
 
-    def unfreeze(self, grad_checkpointing=False):
-        super().unfreeze(grad_checkpointing, last_block=self.layer)
+    def unfreeze(self, grad_checkpointing=False, shard=None):
+        super().unfreeze(grad_checkpointing, shard, last_block=self.layer)
 
     def forward(self, text):
         """Â from the explanation: `text` is one-hot rows [B, T, V] (gradients flow) or token ids [B, T]."""
@@ -252,63 +253,16 @@ class ActivationStats(nn.Module):
         d = lm.get_input_embeddings().embedding_dim
         self.register_buffer('mean', torch.zeros(d))
         self.register_buffer('scale', torch.ones(()))
-        embeddings = embed(lm, torch.arange(lm.get_input_embeddings().num_embeddings, device=lm.device)).float()
-        self.register_buffer('embedding_rms', embeddings.pow(2).mean().sqrt())
+        # 4,096 rows at a time: a [V, d] fp32 copy would be 2 GB at a 128k vocabulary and d 4096
+        ids = torch.arange(lm.get_input_embeddings().num_embeddings, device=lm.device)
+        squares = sum(embed(lm, chunk).float().pow(2).sum() for chunk in ids.split(EMBEDDING_ROWS))
+        self.register_buffer('embedding_rms', (squares / (len(ids) * d)).sqrt())
 
     @torch.no_grad()
     def set(self, acts):
         """From a sample of activations [n, d]."""
         self.mean.copy_(acts.float().mean(0))
         self.scale.copy_((acts.float() - self.mean).pow(2).mean().sqrt())
-
-
-def prefix_attention_mask(pos, length, dtype, window=None):
-    """The additive 4-D mask [B, 1, length, length] of a prefix left-padded so that sample b's tokens
-    0..pos[b]-1 end at the last column: causal over real tokens (within the last `window` tokens if
-    given), and each padded row attends to itself only. No row is fully masked: some SDPA backends
-    (cuDNN) return NaN for such rows, and a NaN key would then poison every real token of its batch."""
-    column = torch.arange(length, device=pos.device)
-    real = column[None] >= (length - pos[:, None])  # [B, length]
-    causal = (column[:, None] >= column[None, :]) & (column[:, None] - column[None, :] < (window or length))
-    allowed = causal[None] & real[:, None, :] | torch.eye(length, dtype=torch.bool, device=pos.device)
-    return torch.zeros(allowed.shape, dtype=dtype, device=pos.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-
-
-def next_token_logits(lm, layer, tokens, pos, *patches, after=0):
-    """The logits at p as the LM computes them, then with block `layer`'s output at p replaced by each of
-    `patches` ([B, d] each), by the cheap exact path: the logits at p depend only on tokens 0..p, so run
-    0..p once without grad (left-padded to a common length), which gives the LM's own logits at p and
-    every layer's keys and values of 0..p-1, then run position p alone once per patch. Gradient flows
-    into a patch through the blocks after `layer` at one position.
-    after=K: the logits at p..p+K instead ([B, K + 1, V] each), p still the only position patched: the
-    later tokens read p's residual through attention. The prefix pass runs over 0..p+K and each patch's
-    step over p..p+K. Where p+K runs past the window the missing tokens' logits are garbage: mask them
-    with positions_in_window."""
-    B, P, T = len(tokens), int(pos.max()), tokens.shape[1]
-    source = torch.arange(P + 1 + after, device=tokens.device)[None] - (P - pos[:, None])  # p at column P
-    config, dtype = lm.config.get_text_config(), compute_dtype(lm)
-    mask = prefix_attention_mask(pos + 1 + after, P + 1 + after, dtype)
-    if getattr(config, 'sliding_window', None):  # HF hands a 4-D mask to every block as is, without its window
-        windowed = prefix_attention_mask(pos + 1 + after, P + 1 + after, dtype, config.sliding_window)
-        mask = dict(full_attention=mask, sliding_attention=windowed) if hasattr(config, 'layer_types') else windowed
-    inside = source.clamp(0, T - 1)  # beyond the window: a real token stands in, after every position that counts
-    cache = DynamicCache()
-    with torch.no_grad(), full_precision_head(lm):
-        logits = [lm(input_ids=tokens.gather(1, inside), position_ids=inside, attention_mask=mask,
-                     past_key_values=cache, use_cache=True, logits_to_keep=1 + after).logits]
-    cache.crop(-1 - after)  # the keys and values of 0..p-1: each patch's step adds p..p+K's own
-    step = dict(input_ids=tokens.gather(1, inside[:, P:]), position_ids=inside[:, P:], past_key_values=cache,
-                attention_mask=torch.cat([(source[:, :P] >= 0).long(), source.new_ones(B, 1 + after)], 1), use_cache=True)
-    for patch in patches:
-        with patched(lm, layer, torch.zeros_like(pos), patch), full_precision_head(lm):
-            logits.append(lm(**step).logits)
-        cache.crop(-1 - after)
-    return [x[:, -1] for x in logits] if after == 0 else logits
-
-
-def positions_in_window(pos, after, length):
-    """Whether each of p..p+K lies inside a window of `length` tokens: [B, K + 1]."""
-    return pos[:, None] + torch.arange(after + 1, device=pos.device) < length
 
 
 def real_tokens(tokens, pos, n, which):
@@ -364,11 +318,12 @@ class Lens(nn.Module):
         natural = cfg.decoder_prompt.replace('<embed>', 'something')
         self.natural_prefix = torch.tensor(tokenizer.encode(natural), dtype=torch.long, device=lm.device)
 
-    def unfreeze(self, grad_checkpointing=False):
+    def unfreeze(self, grad_checkpointing=False, shard=None):
         """From now on each side runs its own trainable copy of the LM; grad_checkpointing recomputes the
-        copies' blocks in backward instead of storing them (bench.py: -15% memory, +6% time at batch 32)."""
-        self.decoder.unfreeze(grad_checkpointing)
-        self.encoder.unfreeze(grad_checkpointing)
+        copies' blocks in backward instead of storing them (bench.py: -15% memory, +6% time at batch 32);
+        shard takes each copied block as it is made (train.py's FSDP)."""
+        self.decoder.unfreeze(grad_checkpointing, shard)
+        self.encoder.unfreeze(grad_checkpointing, shard)
 
     def forward(self, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
                 warm_target='previous', resample=False, kl_positions=0, w_downstream=1.0):
@@ -434,13 +389,15 @@ def model_signature(lm):
     return dict(d_model=emb.embedding_dim, vocab_size=emb.num_embeddings, num_blocks=len(blocks(lm)))
 
 
-def save_lens_folder(lens, folder, model, iter_num=None, train_config=None):
+def save_lens_folder(lens, folder, model, iter_num=None, train_config=None, state=None):
     """Share a trained lens as <folder>/config.json (its settings and the model it explains) and
     <folder>/lens.safetensors (its trainable parameters and activation statistics: no pickle, so a lens
-    from anyone is safe to load). A lens with unfrozen LM copies is saved whole, the copies included."""
+    from anyone is safe to load). A lens with unfrozen LM copies is saved whole, the copies included.
+    state: the lens's state dict when lens.state_dict() would not give it whole (gathered from FSDP's shards)."""
     os.makedirs(folder, exist_ok=True)
     # cloned: the tied weights of an LM copy share memory, which safetensors refuses to write
-    save_file({k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in lens.state_dict().items()},
+    state = lens.state_dict() if state is None else state
+    save_file({k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in state.items()},
               os.path.join(folder, 'lens.safetensors.tmp'))
     with open(os.path.join(folder, 'config.json.tmp'), 'w') as f:
         json.dump(dict(model=model, **model_signature(lens.lm), unfrozen=lens.decoder.lm_copy is not None, iter_num=iter_num,
@@ -460,7 +417,7 @@ def load_checkpoint(path):
     if not os.path.exists(path):
         raise SystemExit(f"checkpoint {path} not found: train one with train.py, or pass --ckpt=path/to/ckpt.pt "
                          f"or --lens=path/to/lens_folder")
-    return torch.load(path, map_location='cpu', weights_only=True)
+    return torch.load(path, map_location='cpu', weights_only=True, mmap=True)  # mmap: ranks share the page cache
 
 
 def newest_run(out_dir, files):

@@ -1,6 +1,8 @@
 """
-The frozen language model: loading, its list of blocks, and the three things the lens does to it:
-read a block's output at per-sample positions, replace it there, and stop a forward after a block.
+The language model and everything the lens does to it: loading (straight into the storage dtype on the
+rank's device), its list of blocks, embeddings, trainable copies; reading a block's output at per-sample
+positions, replacing it there, stopping a forward after a block; and the next-token logits at p with a
+patch, through the left-padded prefix mask, in fp32 (full_precision_logits).
 
 "Layer L" everywhere in this project means the OUTPUT OF BLOCK L (0-indexed), which is what HF
 returns as hidden_states[L + 1]. hidden_states[0] is the embedding output and hidden_states[-1] has
@@ -11,10 +13,12 @@ import contextlib
 import copy
 import inspect
 import os
+import weakref
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
-from transformers import Cache
+from transformers import Cache, DynamicCache
 
 TINY_MODELS = ('tiny-gpt2', 'tiny-llama', 'tiny-qwen2', 'tiny-gemma2', 'tiny-neox')
 CACHE_ARGUMENTS = {'past_key_values', 'past_key_value', 'layer_past'}  # what a block's attention takes the KV cache as
@@ -90,11 +94,10 @@ def load_model(name, device='cpu', trust_remote_code=False, dtype='float32'):
         if name.startswith(('.', '/', '~', 'assets/')) and not os.path.isdir(name):
             raise SystemExit(f"model directory '{name}' not found: for the embedded default run "
                              f"`python data/austen/prepare.py`, or pass --model=path/to/hf_dir or a hub name")
-        try:
-            settings = dict(dtype=torch.float32)
+        try:  # straight into the storage dtype on the rank's device: no fp32 copy on the host
+            settings = dict(dtype=DTYPES[dtype], device_map={'': device})
             if dtype == 'int8':  # bitsandbytes' LLM.int8() blocks on the GPU, the LM head kept in full precision for the KL
-                settings = dict(dtype=torch.bfloat16, device_map={'': device},
-                                quantization_config=BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=['lm_head']))
+                settings['quantization_config'] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=['lm_head'])
             model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, **settings)
             tokenizer = HFTokenizer(name, AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code))
         except OSError as e:
@@ -135,46 +138,45 @@ def pick_dtype(dtype, device):
     return dtype
 
 
-def set_precision(model, dtype):
-    """Store the LM in `dtype`, embeddings and LM head included: no op re-casts a weight. Under bf16 the
-    KL's logits still come out of an fp32 copy of the LM head (model.full_precision_head, used inside
-    full_precision_head()); the decoder's logits only choose words and take the stored head."""
+def use_tf32():
+    """TF32 matmuls and convolutions for what runs in fp32 on CUDA (the fp32 LM copies, the KL's head), set
+    through fp32_precision: allow_tf32 is deprecated since torch 2.9, and mixing the two raises."""
+    torch.backends.cuda.matmul.fp32_precision = 'tf32'
+    torch.backends.cudnn.conv.fp32_precision = 'tf32'
+
+
+def frozen(model, device, dtype='float32'):
+    """The model on `device` with its parameters in `dtype`, in eval mode (a model built from a config
+    starts with dropout on), frozen. Buffers keep their dtype, as from_pretrained(dtype=...) leaves
+    them: rotary inv_freq stays fp32, whose rounding to bf16 would put an angle error that grows with
+    the position into every long context. A model from_pretrained loaded is already there."""
     if dtype != 'int8':  # bitsandbytes placed and typed the int8 blocks as they loaded (the head in bf16)
-        model.to(DTYPES[dtype])
-    head = model.get_output_embeddings()
-    model.__dict__['full_precision_head'] = None if head.weight.dtype == torch.float32 else copy.deepcopy(head).float()
-    return model
+        model.to(device)
+        for p in model.parameters():
+            p.data = p.data.to(DTYPES[dtype])
+    # logits_to_keep hands the LM head a non-contiguous slice, for which PyTorch falls back to a batched
+    # matmul 2-5x slower than on a contiguous copy (measured: 289 vs 55 ms for [8, 11, 768] on CPU)
+    model.get_output_embeddings().register_forward_pre_hook(lambda module, args: (args[0].to(module.weight.dtype).contiguous(),))
+    return model.eval().requires_grad_(False)
 
 
 def compute_dtype(model):
     return model.get_input_embeddings().weight.dtype
 
 
-@contextlib.contextmanager
-def full_precision_head(model):
-    """Within the block the LM head computes in fp32, also when the LM is stored in bf16."""
-    head = model.__dict__.get('full_precision_head')
-    if head is None:
-        yield
-        return
-    stored = model.get_output_embeddings()
-    model.set_output_embeddings(head)
-    try:
-        yield
-    finally:
-        model.set_output_embeddings(stored)
+FP32_HEADS = weakref.WeakKeyDictionary()  # LM head -> its weight in fp32, made at the first KL of a bf16 LM
 
 
-def frozen(model, device, dtype='float32'):
-    """The model on `device`, in eval mode (a model built from a config starts with dropout on), frozen."""
-    set_precision(model if dtype == 'int8' else model.to(device), dtype)
-    # logits_to_keep hands the LM head a non-contiguous slice, for which PyTorch falls back to a batched
-    # matmul 2-5x slower than on a contiguous copy (measured: 289 vs 55 ms for [8, 11, 768] on CPU)
-    for head in (model.get_output_embeddings(), model.full_precision_head):
-        if head is not None:
-            head.register_forward_pre_hook(lambda module, args: (args[0].to(module.weight.dtype).contiguous(),))
-            head.requires_grad_(False)
-    return model.eval().requires_grad_(False)
+def full_precision_logits(model, hidden):
+    """The LM's logits from its final hidden states [..., d] (the base model's output, final norm applied),
+    computed in fp32 also when the LM is stored in bf16: the KL compares two of them, and bf16 logits
+    would round away differences of ~0.01. The decoder's logits only choose words and take the stored head."""
+    head = model.get_output_embeddings()
+    if head not in FP32_HEADS:
+        FP32_HEADS[head] = head.weight.detach().float(), None if head.bias is None else head.bias.detach().float()
+    logits = F.linear(hidden.float(), *FP32_HEADS[head])
+    cap = getattr(model.config.get_text_config(), 'final_logit_softcapping', None)  # Gemma 2 and 3
+    return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
 def blocks(model):
@@ -188,18 +190,27 @@ def blocks(model):
     raise SystemExit(f"cannot find the transformer blocks of {type(model).__name__}: add its path to BLOCK_PATHS in model.py")
 
 
-def trainable_copy(model, last_block=None):
-    """A trainable fp32 copy of the LM. With last_block, only what a forward stopped after that block
-    runs: the later blocks are dropped, and the final norm and the LM head (the modules registered after
-    the block list, by HF's convention) stay frozen, so DDP sees no parameter without a gradient."""
-    # copy.deepcopy also copies frozen()'s LM-head hooks, which the copy wants too, but not the forwards set
-    # by compile_blocks / checkpoint_blocks: a function is copied as is, still running the original's modules
-    model = set_precision(copy.deepcopy(model), 'float32').requires_grad_(True)
-    for module in model.modules():
-        module.__dict__.pop('forward', None)
+def trainable_copy(model, last_block=None, shard=None):
+    """A trainable fp32 copy of the LM, built block by block: each block is copied, made fp32 and handed
+    to `shard` (FSDP's fully_shard: then no rank ever holds the whole copy) before the next. With
+    last_block, only what a forward stopped after that block runs: the later blocks are never copied,
+    and the final norm and the LM head (the modules registered after the block list, by HF's
+    convention) stay frozen, so DDP sees no parameter without a gradient."""
+    def trainable(module):  # the forwards set by compile_blocks / checkpoint_blocks are copied as they
+        for m in module.modules():  # are, still running the original's modules: the copy sets its own
+            m.__dict__.pop('forward', None)
+        return module.float().requires_grad_(True)
+
+    # everything but the blocks at once (copy.deepcopy also copies frozen()'s LM-head hook, which the copy
+    # wants too), then one block at a time
+    model = copy.deepcopy(model, {id(block): block for block in blocks(model)})
+    block_list = blocks(model)
+    originals = list(block_list)[:None if last_block is None else last_block + 1]
+    del block_list[:]  # the frozen LM's own blocks out of the copy, so trainable() does not touch them
+    trainable(model)
+    for block in originals:
+        block_list.append((shard or (lambda b: b))(trainable(copy.deepcopy(block))))
     if last_block is not None:
-        block_list = blocks(model)
-        del block_list[last_block + 1:]
         parent = next(m for m in model.modules() if any(c is block_list for c in m.children()))
         after = list(parent.children())
         after = after[next(i for i, c in enumerate(after) if c is block_list) + 1:] + [model.get_output_embeddings()]
@@ -216,7 +227,11 @@ def compile_blocks(model):
     the cache (attention) stays eager: dynamo guards on the cache's list of layers, which grows by one in
     each block of a first step, and on the block's layer index, so a whole block compiled recompiled for
     each block until torch's limit of 8, and ran the rest eager. The lens's hooks are on the blocks,
-    outside the compiled code, so their patches are live at every call."""
+    outside the compiled code, so their patches are live at every call. One code object serves the parts
+    of the frozen LM and of both copies in all their variants (bf16 and fp32 weights, with and without
+    grad, one token and several, ...): more than torch's default limit of 8 graphs (measured: 8 hit by 30
+    iterations through unfreezing, the rest then ran eager, silently), hence a limit of 64."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for block in blocks(model):
         for part in block.children():
             takes_cache = CACHE_ARGUMENTS & set(inspect.signature(part.forward).parameters)
@@ -351,3 +366,53 @@ def patched(model, layer, positions, values):
         yield
     finally:
         handle.remove()
+
+
+def prefix_attention_mask(pos, length, dtype, window=None):
+    """The additive 4-D mask [B, 1, length, length] of a prefix left-padded so that sample b's tokens
+    0..pos[b]-1 end at the last column: causal over real tokens (within the last `window` tokens if
+    given), and each padded row attends to itself only. No row is fully masked: some SDPA backends
+    (cuDNN) return NaN for such rows, and a NaN key would then poison every real token of its batch."""
+    column = torch.arange(length, device=pos.device)
+    real = column[None] >= (length - pos[:, None])  # [B, length]
+    causal = (column[:, None] >= column[None, :]) & (column[:, None] - column[None, :] < (window or length))
+    allowed = causal[None] & real[:, None, :] | torch.eye(length, dtype=torch.bool, device=pos.device)
+    return torch.zeros(allowed.shape, dtype=dtype, device=pos.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def next_token_logits(lm, layer, tokens, pos, *patches, after=0):
+    """The logits at p as the LM computes them, then with block `layer`'s output at p replaced by each of
+    `patches` ([B, d] each), by the cheap exact path: the logits at p depend only on tokens 0..p, so run
+    0..p once without grad (left-padded to a common length), which gives the LM's own logits at p and
+    every layer's keys and values of 0..p-1, then run position p alone once per patch. Gradient flows
+    into a patch through the blocks after `layer` at one position.
+    after=K: the logits at p..p+K instead ([B, K + 1, V] each), p still the only position patched: the
+    later tokens read p's residual through attention. The prefix pass runs over 0..p+K and each patch's
+    step over p..p+K. Where p+K runs past the window the missing tokens' logits are garbage: mask them
+    with positions_in_window."""
+    B, P, T = len(tokens), int(pos.max()), tokens.shape[1]
+    source = torch.arange(P + 1 + after, device=tokens.device)[None] - (P - pos[:, None])  # p at column P
+    config, dtype = lm.config.get_text_config(), compute_dtype(lm)
+    mask = prefix_attention_mask(pos + 1 + after, P + 1 + after, dtype)
+    if getattr(config, 'sliding_window', None):  # HF hands a 4-D mask to every block as is, without its window
+        windowed = prefix_attention_mask(pos + 1 + after, P + 1 + after, dtype, config.sliding_window)
+        mask = dict(full_attention=mask, sliding_attention=windowed) if hasattr(config, 'layer_types') else windowed
+    inside = source.clamp(0, T - 1)  # past the window a real token stands in, after every position that counts
+    cache = DynamicCache()
+    with torch.no_grad():
+        hidden = lm.base_model(input_ids=tokens.gather(1, inside), position_ids=inside, attention_mask=mask,
+                               past_key_values=cache, use_cache=True).last_hidden_state
+        logits = [full_precision_logits(lm, hidden[:, P:])]
+    cache.crop(-1 - after)  # the keys and values of 0..p-1: each patch's step adds p..p+K's own
+    step = dict(input_ids=tokens.gather(1, inside[:, P:]), position_ids=inside[:, P:], past_key_values=cache,
+                attention_mask=torch.cat([(source[:, :P] >= 0).long(), source.new_ones(B, 1 + after)], 1), use_cache=True)
+    for patch in patches:
+        with patched(lm, layer, torch.zeros_like(pos), patch):
+            logits.append(full_precision_logits(lm, lm.base_model(**step).last_hidden_state))
+        cache.crop(-1 - after)
+    return [x[:, 0] for x in logits] if after == 0 else logits
+
+
+def positions_in_window(pos, after, length):
+    """Whether each of p..p+K lies inside a window of `length` tokens: [B, K + 1]."""
+    return pos[:, None] + torch.arange(after + 1, device=pos.device) < length

@@ -13,6 +13,7 @@ import gc
 import math
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -21,13 +22,17 @@ from dataclasses import asdict, fields
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure, given_keys
 from dump import Shards, TokenWindows, batch_indices, read_tokens, same_setting, start_ranks
 from lens import (Lens, LensConfig, explain_all, format_sample, load_checkpoint, newest_run, patched_kls,
                   reconstruction_metrics, save_lens_folder)
-from model import check_layer, compile_blocks, load_model, pick_dtype
+from model import DTYPES, check_layer, compile_blocks, load_model, pick_dtype, use_tf32
 
 # -----------------------------------------------------------------------------
 # data and model (shared with dump.py and eval.py)
@@ -51,6 +56,7 @@ max_iters = 1000  # the embedded default: 1,000 x 8 = 8,000 samples, one epoch o
 batch_size = 8  # samples per optimizer step, over all ranks and accumulation steps
 gradient_accumulation_steps = 1
 compile = False  # torch.compile each block's norms and MLP (a few graphs serve all blocks; attention stays eager)
+fsdp = False  # under torchrun: the unfrozen LM copies sharded over the ranks (FSDP2, a group per block) instead of DDP
 # lens
 encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 t_text = 8
@@ -113,6 +119,12 @@ dtype = pick_dtype(dtype, device)
 
 rank, world, device = start_ranks(device)  # the same script runs under python or torchrun
 ddp, master = torch.distributed.is_initialized(), rank == 0
+if fsdp and not ddp:
+    raise SystemExit("fsdp=True shards the LM copies over the ranks of torchrun: run `torchrun --standalone "
+                     "--nproc_per_node=N train.py ...` (N=1 on one GPU), or drop fsdp")
+if periodic_eval_samples % world:  # each rank explains an equal slice: the shuffled baseline and FSDP need it
+    raise SystemExit(f"periodic_eval_samples={periodic_eval_samples} does not divide across {world} ranks: "
+                     f"make it a multiple of {world}")
 if batch_size % (world * gradient_accumulation_steps):
     raise SystemExit(f"batch_size={batch_size} does not divide across {world} ranks x {gradient_accumulation_steps} "
                      f"accumulation steps: make it a multiple of {world * gradient_accumulation_steps}")
@@ -131,8 +143,7 @@ if warm_start_target not in ('previous', 'next', 'around'):
     raise SystemExit(f"warm_start_target={warm_start_target!r}: use 'previous' (the tokens ending at p), 'next' (after p) "
                      f"or 'around' (p in the middle)")
 if device.startswith('cuda'):
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    use_tf32()
 
 
 MAX_SKIPPED = 10  # non-finite steps in a row before training stops with a message
@@ -176,6 +187,8 @@ if init_from == 'resume':
         raise SystemExit(f"init_from='resume' but there is no checkpoint {ckpt_path if run_name else 'in ' + out_dir}: "
                          f"train with init_from='scratch' first, or pass --run_name of a run in {out_dir}")
     checkpoint = load_checkpoint(ckpt_path)
+    if checkpoint['config'].get('fsdp', False) != fsdp:  # FSDP's optimizer state is keyed by name, DDP's by index
+        raise SystemExit(f"{ckpt_path} was saved with fsdp={not fsdp}: resume it with --fsdp={not fsdp}")
     # the checkpoint's lens is the truth: its settings are taken, and a setting given that contradicts them is an error
     trained = checkpoint['lens_config'] | dict(model=checkpoint['config']['model'])
     clash = [k for k in trained if (k in given or k == 'model') and not same_setting(globals()[k], trained[k])]
@@ -209,11 +222,24 @@ if acts_source == 'tokens':
     train_data, val_data = (TokenWindows(lm, data_dir, split, n, layer, ctx, min_pos, seed, micro_batch)
                             for split, n in (('train', num_train_samples), ('val', num_val_samples)))
 lens_config = LensConfig(**{field.name: globals()[field.name] for field in fields(LensConfig)})
-lens = Lens(lens_config, lm, tokenizer).to(device)
+lens = raw_lens = Lens(lens_config, lm, tokenizer).to(device)
 if not checkpoint:
     lens.stats.set(train_data.get(np.arange(min(8192, len(train_data))))[0].to(device))
+
+
+def unfreeze():
+    """Each side trains its own copy of the LM from now on. With fsdp each copied block becomes an FSDP
+    group as it is made (computing in the LM's dtype, fp32 master weights and gradient reduction), and
+    the lens (its maps and prompts, the copies' embeddings, final norms and heads) the root group."""
+    policy = MixedPrecisionPolicy(param_dtype=DTYPES[dtype], reduce_dtype=torch.float32)
+    raw_lens.unfreeze(grad_checkpointing, (lambda block: fully_shard(block, mp_policy=policy)) if fsdp else None)
+    if fsdp:
+        fully_shard(raw_lens, mp_policy=MixedPrecisionPolicy(reduce_dtype=torch.float32))
+        register_fsdp_forward_method(raw_lens, 'explain')  # the periodic eval's way in: FSDP gathers the root group
+
+
 if checkpoint and checkpoint['unfrozen']:
-    lens.unfreeze(grad_checkpointing)
+    unfreeze()
 
 
 def lm_copy_parameters(lens):
@@ -231,22 +257,40 @@ def make_optimizer():
     return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=fused)
 
 
+def rebuilt_optimizer(old, params_before):
+    """make_optimizer() for the lens's parameters now, the AdamW state of those it had before (by name,
+    params_before) carried over, sharded as FSDP sharded its parameter."""
+    new = make_optimizer()
+    for name, p in raw_lens.named_parameters():
+        state = old.state.get(params_before.get(name), {})
+        if state:
+            new.state[p] = {k: distribute_tensor(v, p.device_mesh, p.placements) if isinstance(p, DTensor) and v.dim() else v
+                            for k, v in state.items()}
+    return new
+
+
 optimizer = make_optimizer()
 iter_num, best_val_kl, wandb_id = 0, float('inf'), None
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)  # under fsdp: gathered whole, on rank 0 only
 if checkpoint:
-    lens.load_state_dict(checkpoint['lens'])
-    optimizer.load_state_dict(checkpoint['optimizer'])
+    if fsdp:  # every rank reads the file (mmap: the page cache is shared) and keeps its shard
+        set_model_state_dict(raw_lens, checkpoint['lens'], options=FULL_STATE)
+        set_optimizer_state_dict(raw_lens, optimizer, checkpoint['optimizer'], options=FULL_STATE)
+    else:
+        lens.load_state_dict(checkpoint['lens'])
+        optimizer.load_state_dict(checkpoint['optimizer'])
     iter_num, best_val_kl, wandb_id = checkpoint['iter_num'], checkpoint['best_val_kl'], checkpoint['wandb_id']
     print0(f"resuming {run_name} from iteration {iter_num}")
-raw_lens = lens
 
 
 def wrap(module):
     """compile the blocks of every LM the lens runs (bench.py: compile vs eager), then DDP over the trainable
-    lens only; redone when unfreezing adds parameters."""
+    lens only (an FSDP-sharded lens syncs itself); redone when unfreezing adds parameters."""
     for model in (lm, module.decoder.lm, module.encoder.lm) if compile else ():
         compile_blocks(model)
-    return DDP(module, device_ids=[torch.device(device).index] if device.startswith('cuda') else None) if ddp else module
+    if not ddp or isinstance(module, FSDPModule):
+        return module
+    return DDP(module, device_ids=[torch.device(device).index] if device.startswith('cuda') else None)
 
 
 lens = wrap(raw_lens)
@@ -303,7 +347,12 @@ def evaluate():
     FVE. Each rank takes a slice; the results are gathered on every rank."""
     acts, tokens, pos = (t.to(device) for t in val_data.get(np.arange(len(val_data) - periodic_eval_samples + rank, len(val_data), world)))
     explanations, ids, recon = explain_all(raw_lens, acts, micro_batch)
-    patches = dict(lens=recon, text_shuffled=recon.roll(-1, 0), mean=raw_lens.stats.mean.expand_as(acts))
+    shuffled = recon.roll(-1, 0)  # sample i+1's Â, i+1 over the whole eval set: the same baseline on any number of ranks
+    if ddp:  # rank r holds samples r, r + world, ...: its i+1 is the next rank's i (the first rank's i+1 for the last)
+        everyone = [torch.empty_like(recon) for _ in range(world)]
+        torch.distributed.all_gather(everyone, recon.contiguous())
+        shuffled = everyone[(rank + 1) % world] if rank + 1 < world else everyone[0].roll(-1, 0)
+    patches = dict(lens=recon, text_shuffled=shuffled, mean=raw_lens.stats.mean.expand_as(acts))
     kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, patches, micro_batch)
     samples = [format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b], logits_a[b], logits_recon[b])
                for b in range(min(len(acts), num_print_samples))]
@@ -319,9 +368,17 @@ def evaluate():
                 **reconstruction_metrics(recon, acts)), samples
 
 
-def save(path):
+def full_states():
+    """(lens, optimizer) state dicts as one process holds them. Under fsdp they are gathered from the
+    shards onto rank 0's CPU: every rank must call this, and the others get empty dicts."""
+    if not fsdp:
+        return raw_lens.state_dict(), optimizer.state_dict()
+    return get_model_state_dict(raw_lens, options=FULL_STATE), get_optimizer_state_dict(raw_lens, optimizer, options=FULL_STATE)
+
+
+def save(path, states):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save(dict(lens=raw_lens.state_dict(), optimizer=optimizer.state_dict(), iter_num=iter_num,
+    torch.save(dict(lens=states[0], optimizer=states[1], iter_num=iter_num,
                     best_val_kl=best_val_kl, config=config, lens_config=asdict(lens_config),
                     unfrozen=raw_lens.decoder.lm_copy is not None, wandb_id=wandb_id), path + '.tmp')
     os.replace(path + '.tmp', path)
@@ -329,9 +386,12 @@ def save(path):
 
 def save_latest():
     """ckpt.pt and, with keep_last, its numbered twin ckpt_<iter>.pt (a hard link where the filesystem has
-    them: no second copy on disk), removing the numbered ones older than the last keep_last."""
-    latest = os.path.join(run_dir, 'ckpt.pt')
-    save(latest)
+    them: no second copy on disk), removing the numbered ones older than the last keep_last. Every rank
+    calls it (full_states); rank 0 writes."""
+    latest, states = os.path.join(run_dir, 'ckpt.pt'), full_states()
+    if not master:
+        return
+    save(latest, states)
     if keep_last > 0:
         numbered = os.path.join(run_dir, f'ckpt_{iter_num}.pt')
         if os.path.exists(numbered):
@@ -370,9 +430,9 @@ t0, step_times, skipped_in_a_row = time.time(), [], 0
 while True:
     last_step = iter_num == max_iters
     if iter_num == unfreeze_at and raw_lens.decoder.lm_copy is None:
-        raw_lens.unfreeze(grad_checkpointing)
-        optimizer.add_param_group(dict(params=lm_copy_parameters(raw_lens),
-                                       lr_mult=lm_lr_mult, weight_decay=weight_decay))
+        params_before = dict(raw_lens.named_parameters())
+        unfreeze()
+        optimizer = rebuilt_optimizer(optimizer, params_before)
         lens = wrap(raw_lens)
         print0(f"iter {iter_num}: unfroze the decoder's and encoder's copies of the LM (lr x {lm_lr_mult})")
 
@@ -387,11 +447,11 @@ while True:
             wandb.log({f'val/{k}': v for k, v in metrics.items()} | {
                 'val/samples': wandb.Table(columns=['sample'], data=[[s] for s in samples])}, step=iter_num)
         if metrics['kl'] < best_val_kl and iter_num > 0:
-            best_val_kl = metrics['kl']
+            best_val_kl, states = metrics['kl'], full_states()
             if master:
-                save(os.path.join(run_dir, 'best.pt'))
-                save_lens_folder(raw_lens, os.path.join(run_dir, 'lens'), model, iter_num, config)  # to share: no optimizer, no pickle
-    if master and (last_step or iter_num > 0 and iter_num % ckpt_interval == 0):
+                save(os.path.join(run_dir, 'best.pt'), states)  # and the lens to share: no optimizer, no pickle
+                save_lens_folder(raw_lens, os.path.join(run_dir, 'lens'), model, iter_num, config, states[0])
+    if last_step or iter_num > 0 and iter_num % ckpt_interval == 0:
         save_latest()
     if last_step:
         break
@@ -405,7 +465,7 @@ while True:
     for micro_step in range(gradient_accumulation_steps):
         reseed(iter_num, micro_step * world + rank)  # the noise follows the sample: 2 ranks equal 1 rank x 2 micro-steps
         acts, tokens, pos = get_batch(iter_num, micro_step)
-        if ddp:
+        if isinstance(lens, DDP):
             lens.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         out = lens(acts, tokens, pos, tau=tau, w_kl=w_kl, w_lm=alpha * w_lm, w_entropy=w_ent, w_mse=w_mse,
                    w_warm=w_warm, warm_target=warm_start_target, resample=resample_ablation,
@@ -435,26 +495,32 @@ while True:
         parts = {k: v.item() for k, v in parts.items()}
         step_time = np.mean(step_times[-log_interval:])
         optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text', 'kl_downstream') if k in parts)
+        memory = torch.tensor(float(torch.cuda.max_memory_allocated(device) if device.startswith('cuda') else
+                                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024), device=device)
+        if ddp:
+            torch.distributed.all_reduce(memory, op=torch.distributed.ReduceOp.MAX)
         print0(f"iter {iter_num}: loss {parts['loss']:.4f} kl {parts['kl']:.4f} {optional}"
                f"ent {parts['entropy']:.3f} fve {parts['fve']:.3f} | tau {tau:.3f} alpha {alpha:.2f} lr {lr:.2e} | "
                f"{batch_size / step_time:.1f} samples/s, {step_time * 1000:.0f} ms/iter, "
+               f"peak {'CUDA memory' if device.startswith('cuda') else 'RSS'} {memory.item() / 2**20:,.0f} MiB per rank, "
                f"ETA {(max_iters - iter_num) * step_time / 60:.1f} min")
         if wandb_log and master:
             wandb.log({f'train/{k}': v for k, v in parts.items()} | dict(tau=tau, alpha=alpha, lr=lr,
                       samples_per_s=batch_size / step_time), step=iter_num)
     if flags[1]:
-        if master:
-            save_latest()
+        save_latest()
         print0(f"stopped by signal at iteration {iter_num}: checkpoint saved, resume with "
                f"--init_from=resume --run_name={run_name}")
         break
 
 print0(f"done: {run_name}, best val KL {best_val_kl:.4f}, checkpoints in {run_dir} ({time.time() - t0:.0f}s)")
-if ddp:  # a lens whose ranks drifted apart would be a silent bug: check they still agree
-    params = torch.cat([p.detach().flatten() for p in raw_lens.parameters()])
-    reference = params.clone()
-    torch.distributed.broadcast(reference, 0)
-    drift = (params - reference).abs().max()
+if ddp:  # a lens whose ranks drifted apart would be a silent bug: check the replicated parameters still agree,
+    drift = torch.zeros((), device=device)  # one at a time (FSDP's shards have no replicas to drift from)
+    for p in raw_lens.parameters():
+        if not isinstance(p, DTensor):
+            reference = p.detach().clone()
+            torch.distributed.broadcast(reference, 0)
+            drift = torch.maximum(drift, (p.detach() - reference).abs().max())
     torch.distributed.all_reduce(drift, op=torch.distributed.ReduceOp.MAX)
     print0(f"max parameter difference across {world} ranks: {drift.item():.3g}")
     del lens  # DDP's reducer must go before its process group, or a rank can abort at exit

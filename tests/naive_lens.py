@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lens import TAU_FLOOR, batch_cat, cosine, entropy, fve, gumbel_hard, kl_div, real_tokens, slot_writes
-from model import block_tensor, blocks, compute_dtype, embed, full_precision_head, patched
+from model import block_tensor, blocks, compute_dtype, embed, full_precision_logits, patched
 
 
 def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
@@ -35,10 +35,11 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
     recon = lens.stats.mean + lens.stats.scale * enc.proj(standard)
 
     rows = torch.arange(B, device=tokens.device)
-    with torch.no_grad(), patched(lm, lens.cfg.layer, pos, acts), full_precision_head(lm):
-        window_a = lm(input_ids=tokens).logits
-    with patched(lm, lens.cfg.layer, pos, recon), full_precision_head(lm):
-        window_recon = lm(input_ids=tokens).logits
+    window = lambda: full_precision_logits(lm, lm.base_model(input_ids=tokens).last_hidden_state)
+    with torch.no_grad(), patched(lm, lens.cfg.layer, pos, acts):
+        window_a = window()
+    with patched(lm, lens.cfg.layer, pos, recon):
+        window_recon = window()
     logits_a = window_a[rows, pos]
     kl = kl_div(logits_a, window_recon[rows, pos])
     downstream = torch.zeros(B)
@@ -59,8 +60,8 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
             sequence = torch.cat([prefix, embed(dec.lm, targets[:, :-1].clamp(min=0))], 1)
             logits = dec.lm(inputs_embeds=sequence).logits[:, -T:]
         warm = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        with patched(lm, lens.cfg.layer, pos, enc(targets.clamp(min=0))), full_precision_head(lm):
-            kl_real = kl_div(logits_a, lm(input_ids=tokens).logits[rows, pos])
+        with patched(lm, lens.cfg.layer, pos, enc(targets.clamp(min=0))):
+            kl_real = kl_div(logits_a, window()[rows, pos])
         kl_real_text = kl_real[complete].mean() if complete.any() else torch.zeros(())
     ent = entropy(dec_logits).mean()
     mse = ((recon - acts) / lens.stats.scale).pow(2).mean()

@@ -186,3 +186,52 @@ def test_settings_compare_paths_normalised():
     from dump import same_setting
     assert same_setting('./assets/smollm2-135m/', 'assets/smollm2-135m') and same_setting('data/austen/', 'data/austen')
     assert not same_setting('assets/smollm2-135m', 'assets/other') and not same_setting(15, 16) and same_setting(15, 15)
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_bfloat16_load_keeps_fp32_buffers_and_reads_what_hfs_own_bfloat16_forward_gives(name, tmp_path):
+    """load_model stores the parameters in bf16 and leaves the buffers as from_pretrained(dtype=bf16) does
+    (rotary inv_freq in fp32: rounded to bf16 its angle error grows with the position); the activations
+    dump.py reads equal HF's own bf16 forward of the same weights, bit for bit."""
+    from transformers import AutoModelForCausalLM
+    folder = local_tiny_dir(tmp_path) if name == 'tiny-llama' else load_model(name)[0].save_pretrained(tmp_path) or tmp_path
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    loaded = [load_model(name, dtype='bfloat16')[0]] + ([load_model(folder, dtype='bfloat16')[0]] if name == 'tiny-llama' else [])
+    for lm in loaded:  # built from its config, and (tiny-llama) from a local directory as a hub model loads
+        assert {p.dtype for p in lm.parameters()} == {torch.bfloat16}
+        inv_freq = {n: b.dtype for n, b in lm.named_buffers() if 'inv_freq' in n}
+        assert (name == 'tiny-gpt2') == (not inv_freq) and set(inv_freq.values()) <= {torch.float32}
+        tokens, pos = torch.randint(0, 256, (3, 20)), torch.tensor([4, 11, 19])
+        with torch.no_grad():
+            expected = hf(tokens, output_hidden_states=True).hidden_states[LAYER + 1][torch.arange(3), pos]
+        assert torch.equal(read_activations(lm, LAYER, tokens, pos), expected)
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
+def test_full_precision_logits_are_the_lms_logits_in_fp32(name):
+    """The KL's logits from the final hidden states through an fp32 head (Gemma-2's soft cap included)
+    equal HF's own logits in fp32, and stay fp32 (not bf16-rounded) when the LM is stored in bf16."""
+    from model import full_precision_logits
+    tokens = torch.randint(0, 256, (2, 12))
+    for dtype in ('float32', 'bfloat16'):
+        lm, _ = load_model(name, dtype=dtype)
+        with torch.no_grad():
+            logits = full_precision_logits(lm, lm.base_model(tokens).last_hidden_state)
+            if dtype == 'float32':
+                torch.testing.assert_close(logits, lm(tokens).logits, rtol=1e-5, atol=1e-5)
+        assert logits.dtype == torch.float32 and not torch.equal(logits, logits.bfloat16().float())
+
+
+def test_tf32_is_set_through_fp32_precision_not_the_deprecated_flags():
+    """torch 2.9+ deprecates allow_tf32, and raises when it is mixed with fp32_precision: use_tf32 sets only
+    the new API (it runs on a CPU too: the settings are global flags, read by CUDA kernels)."""
+    import warnings
+    from model import use_tf32
+    matmul, conv = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')  # a deprecated setter would warn
+            use_tf32()
+        assert torch.backends.cuda.matmul.fp32_precision == 'tf32' and torch.backends.cudnn.conv.fp32_precision == 'tf32'
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul, conv

@@ -14,9 +14,8 @@ import torch.nn.functional as F
 
 import eval as ev
 from conftest import make_corpus, run_script
-from lens import (Lens, LensConfig, kl_div, load_checkpoint, load_lens, next_token_logits, patched_kls,
-                  reconstruction_metrics, save_lens_folder)
-from model import frozen, load_model, read_activations
+from lens import Lens, LensConfig, kl_div, load_checkpoint, load_lens, patched_kls, reconstruction_metrics, save_lens_folder
+from model import frozen, load_model, next_token_logits, read_activations
 
 REQUIRED = ['explanations_unique', 'kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_next_tokens', 'kl_text_current_token', 'kl_text_shuffled', 'kl_text_empty',
             'fve', 'nll_explanation', 'nll_real_text', 'edit_rises', 'edit_rises_other', 'edit_logp_gain', 'edit_logp_gain_other']

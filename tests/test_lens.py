@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from lens import Lens, LensConfig, gumbel_hard, kl_div, next_token_logits, prefix_attention_mask
-from model import TINY_MODELS, ByteTokenizer, OneHotRows, blocks, compile_blocks, frozen, load_model, patched, read_activations
+from lens import Lens, LensConfig, gumbel_hard, kl_div
+from model import (TINY_MODELS, ByteTokenizer, OneHotRows, blocks, compile_blocks, frozen, load_model, next_token_logits, patched,
+                   prefix_attention_mask, read_activations)
 
 LAYER = 1
 
@@ -308,3 +309,29 @@ def test_real_tokens_by_value():
         rows, complete = real_tokens(tokens, pos, 4, which)
         assert rows.tolist() == expected, which
         assert complete.tolist() == [-100 not in row for row in expected], which
+
+
+def test_embedding_rms_streams_the_embedding_matrix_and_equals_its_formula(monkeypatch):
+    """ActivationStats reads the embeddings a few rows at a time: no fp32 tensor as large as [V, d] is made
+    (2 GB at a 128k vocabulary, d 4096), and the RMS equals the whole matrix's."""
+    import lens as lens_module
+    from torch.utils._python_dispatch import TorchDispatchMode
+    lm, tokenizer = load_model('tiny-gemma2', dtype='bfloat16')  # sqrt(d)-scaled embeddings
+
+    class LargestFloat32(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    monkeypatch.setattr(lens_module, 'EMBEDDING_ROWS', 64)
+    with LargestFloat32() as mode:
+        stats = lens_module.ActivationStats(lm)
+    V, d = lm.get_input_embeddings().weight.shape
+    assert 0 < mode.largest <= 64 * d < V * d
+    expected = (lm.get_input_embeddings().weight.float() * 8.0).pow(2).mean().sqrt()  # Gemma scales by sqrt(d) = 8
+    torch.testing.assert_close(stats.embedding_rms, expected, rtol=1e-5, atol=0)
