@@ -1,7 +1,8 @@
 """
 Measure a trained Consistency Lens on the held-out activation shards (DESIGN.md section 6), or explain
 every token of a text. Prints a table, writes results.json and a self-contained HTML report next to
-the checkpoint.
+the checkpoint: the tables, samples, and as inline PNGs the run's learning curve (train.py's log.jsonl),
+the per-sample KL distributions of the lens and every baseline, and the KL at each offset after p.
 
     $ python eval.py config/austen_smollm2.py                      # the newest run in out_dir
     $ python eval.py config/austen_smollm2.py --run_name=NAME --best_of_k=8
@@ -207,12 +208,17 @@ def visible(text):
     return text.replace('\n', '\u21b5')
 
 
+def real_text(tokens, pos, n):
+    """The (up to) n real tokens of each window ending at p, and those after p (empty where p ends the window)."""
+    return ([tokens[b, max(0, p + 1 - n):p + 1] for b, p in enumerate(pos.tolist())],
+            [tokens[b, p + 1:p + 1 + n] for b, p in enumerate(pos.tolist())])
+
+
 def baseline_patches(lens, lm, acts, tokens, pos, ids, recon, batch_size):
     """Every baseline's patch at (layer, p), each through the same encoder as the lens where it is text ({name: [n, d]})."""
     t_text, n = lens.cfg.t_text, len(acts)
     partner = torch.arange(n, device=acts.device).roll(-1)
-    previous = [tokens[b, max(0, p + 1 - t_text):p + 1] for b, p in enumerate(pos.tolist())]
-    following = [tokens[b, p + 1:p + 1 + t_text] for b, p in enumerate(pos.tolist())]  # empty where p ends the window
+    previous, following = real_text(tokens, pos, t_text)
     continuation, logits_at_p = model_continuation(lm, tokens, pos, t_text, batch_size)
     read = lambda rows: batched(lens.encoder, batch_size, rows).float()
     patches = dict(zero=torch.zeros_like(acts), mean=lens.stats.mean.expand_as(acts), resample=acts[partner],
@@ -233,7 +239,7 @@ def steering(lens, lm, tokens, pos, logits_recon, batch_size):
     skipped): how the log-probability of their first token, and of a third sample's (the control), moves."""
     t_text, n = lens.cfg.t_text, len(tokens)
     partner = torch.arange(n, device=tokens.device).roll(-1)
-    edit_words = [tokens[j, p + 1:p + 1 + t_text] for j, p in zip(partner.tolist(), pos[partner].tolist())]
+    edit_words = [real_text(tokens, pos, t_text)[1][j] for j in partner.tolist()]
     s = torch.tensor([i for i in range(n) if len(edit_words[i])], device=tokens.device, dtype=torch.long)
     edits = by_length([edit_words[i] for i in s.tolist()], lens.encoder, batch_size).float()
     logits_edit = patched_kls(lm, lens.cfg.layer, tokens[s], pos[s], dict(edit=edits), batch_size)[2]
@@ -246,7 +252,8 @@ def steering(lens, lm, tokens, pos, logits_recon, batch_size):
 
 def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_positions):
     """The protocol on val samples (acts [n, d], their windows tokens [n, ctx] and positions pos [n]).
-    Returns (metrics, per-method summaries, per-sample KLs at p and after it, the explanations, the logits
+    Returns (metrics, per-method summaries, per-sample KLs at p {method: [n]}, the explanations, the LM's own
+    continuations, the logits
     at p with A and with Â)."""
     n, t0 = len(acts), time.time()  # progress lines: on a CPU every KL pass is minutes for a real model
     explanations, ids, recon = explain_all(lens, acts, batch_size)
@@ -262,7 +269,7 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
     kls_at_p = {name: k[:, 0] for name, k in kls.items()}
     print(f"KL at p..p+{downstream_positions} of the lens, {len(patches) - 1} baselines and {best_of_k} sampled "
           f"explanations ({time.time() - t0:.0f}s)", flush=True)
-    previous = [tokens[b, max(0, p + 1 - lens.cfg.t_text):p + 1] for b, p in enumerate(pos.tolist())]
+    previous = real_text(tokens, pos, lens.cfg.t_text)[0]
     fluency = lambda rows: nll(lm, lens.natural_prefix, rows)
     nll_explanation, nll_real = batched(fluency, batch_size, ids), by_length(previous, fluency, batch_size)
     steered = steering(lens, lm, tokens, pos, logits_recon, batch_size)
@@ -282,8 +289,7 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
                     first_word_is_top_token=(ids[:, 0] == logits_a.argmax(-1)).float().mean().item(),
                     lens_beats_model_continuation=(kls_at_p['lens'] < kls_at_p['text_model_continuation']).float().mean().item(),
                     kl_best_of_k={str(k): sampled_kls[:k].min(0).values.mean().item() for k in curve}, **steered)
-    per_sample = dict(at_p={name: kls_at_p[name] for name in patches}, after_p={name: kls[name] for name in patches})
-    return metrics, methods, per_sample, explanations, continuation, logits_a, logits_recon
+    return metrics, methods, {name: kls_at_p[name] for name in patches}, explanations, continuation, logits_a, logits_recon
 
 
 def explain_text(lens, lm, tokenizer, model_name, text, positions, edit, batch_size):
@@ -417,12 +423,14 @@ def plot_downstream(methods):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(6.5, 3.4))
     ax = fig.subplots()
+    offsets = len(methods['lens']['kl_downstream_per_offset'] or [])
     for name, m in methods.items():
-        if m['kl_downstream_per_offset']:
-            ax.plot(range(len(m['kl_downstream_per_offset']) + 1), [m['kl']] + m['kl_downstream_per_offset'],
-                    marker='o', ms=3, lw=2.5 if name == 'lens' else 1, label=name)
-    ax.set(yscale='log', xlabel='offset after p (only p patched)', ylabel='mean KL (nats)', title='KL after p')
-    ax.legend(fontsize=7, ncol=2)
+        if offsets:
+            ax.plot(range(offsets + 1), [m['kl']] + m['kl_downstream_per_offset'], marker='o', ms=3,
+                    lw=2.5 if name == 'lens' else 1, label=name)
+    ax.set_xticks(range(offsets + 1), ['p'] + [f'p+{k}' for k in range(1, offsets + 1)])
+    ax.set(yscale='log', xlabel='position (only p patched)', ylabel='mean KL (nats)', title='KL at p and after it')
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1))
     return png(fig, 'KL per offset after p')
 
 
@@ -497,10 +505,10 @@ def text_report(path, note, items, pieces, summary, edit):
                  '</div><h3>Every explained position</h3>' + html_table([head] + rows), scale)
 
 
-def val_report(path, note, table, extra, methods, per_sample, log_rows, samples_html, scale):
+def val_report(path, note, table, extra, methods, kls_at_p, log_rows, samples_html, scale):
     curve = plot_learning_curve(log_rows) if log_rows else '<p class="note">no log.jsonl beside the lens: no learning curve</p>'
     write_report(path, 'Consistency Lens: evaluation', note,
-                 f'<div class="plots">{curve}{plot_kl_distributions(per_sample["at_p"])}{plot_downstream(methods)}</div>' +
+                 f'<div class="plots">{curve}{plot_kl_distributions(kls_at_p)}{plot_downstream(methods)}</div>' +
                  f'<div class="wide">{html_table(table)}</div>' + html_table([('more measures', 'value')] + [(l, fmt(v)) for l, v in extra]) +
                  '<h3>Samples: the token at p is outlined and coloured by its KL</h3>' + ''.join(samples_html), scale)
 
@@ -575,12 +583,12 @@ if __name__ == '__main__':
             val_data = TokenWindows(lm, windows['data_dir'], 'val', windows['num_val_samples'], layer, windows['ctx'],
                                     windows['min_pos'], windows['seed'], eval_batch_size)
         acts, tokens, pos = (t.to(device) for t in val_data.get(np.arange(n)))
-        metrics, methods, per_sample, explanations, continuation, logits_a, logits_recon = measure(
+        metrics, methods, kls_at_p, explanations, continuation, logits_a, logits_recon = measure(
             trained, lm, acts, tokens, pos, eval_batch_size, best_of_k, downstream_positions)
         table, extra = results_table(methods), extra_lines(metrics, trained.cfg.t_text)
         print(f"\n{n} val samples, {model} block {layer}, iteration {checkpoint['iter_num']}")
         print_results(table, extra)
-        kl_lens = per_sample['at_p']['lens']
+        kl_lens = kls_at_p['lens']
         for b in range(min(num_print_samples, n)):
             print(f"sample {b} (KL {kl_lens[b]:.4f}):\n" + format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b],
                                                                         logits_a[b], logits_recon[b]))
@@ -593,5 +601,5 @@ if __name__ == '__main__':
         samples = [sample_html(tokenizer, tokens[b].tolist(), int(pos[b]), dict(kl=kl_lens[b].item(), explanation=explanations[b],
                    top=tops[b]), tokenizer.decode(continuation[b].tolist()), scale) for b in range(shown)]
         log_dir = os.path.dirname(run_dir) if os.path.isdir(ckpt_path) else run_dir  # train.py writes <run dir>/lens
-        val_report(os.path.join(run_dir, 'report.html'), note, table, extra, methods, per_sample,
+        val_report(os.path.join(run_dir, 'report.html'), note, table, extra, methods, kls_at_p,
                    read_log(os.path.join(log_dir, 'log.jsonl')), samples, scale)
