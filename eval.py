@@ -261,8 +261,8 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
     patches = dict(lens=recon, **baselines)
     # best of K: the K sampled explanations of a batch in one decoder pass, and their KLs in the pass below
     sampled = explain_all(lens, acts.repeat(best_of_k, 1), batch_size * best_of_k, 'sample')[2].view(best_of_k, n, -1)
-    print(f"explained {n} val samples greedily and {best_of_k} times sampled, the baselines' text read "
-          f"({time.time() - t0:.0f}s)", flush=True)
+    print(f"explained {n} val samples (greedy, and {best_of_k} sampled for the best of K), read the baselines' "
+          f"text ({time.time() - t0:.0f}s)", flush=True)
     kls, logits_a, logits_recon = patched_kls(lm, lens.cfg.layer, tokens, pos, patches | {f'sampled_{k}': x for k, x in
                                               enumerate(sampled)}, batch_size, after=downstream_positions)
     complete = pos + downstream_positions < tokens.shape[1]
@@ -477,7 +477,7 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:
 .x:hover::after{content:attr(data-expl);position:absolute;left:0;top:1.6em;z-index:2;background:#333;color:#fff;
 padding:2px 6px;border-radius:3px;white-space:pre-wrap;width:max-content;max-width:360px;font-size:13px}
 .note{color:#666}.legend{display:inline-block;width:160px;height:12px;vertical-align:middle;
-background:linear-gradient(to right,rgba(220,40,40,0),rgba(220,40,40,1))}.plots img{margin:4px 8px 4px 0}.wide{overflow-x:auto}
+background:linear-gradient(to right,rgba(220,40,40,0),rgba(220,40,40,1))}.plots img{margin:4px 8px 4px 0}.wide{overflow-x:auto}td:first-child{white-space:nowrap}
 #panel{position:fixed;right:12px;bottom:12px;width:420px;background:#fffbe6;border:1px solid #d9c56a;padding:8px;
 font-size:13px;white-space:pre-wrap}"""
     script = """document.addEventListener('click', e => { const t = e.target.closest('.x'); if (!t) return;
