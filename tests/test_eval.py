@@ -211,6 +211,7 @@ def test_a_lens_folder_explains_and_measures_as_its_checkpoint(run, shared):
     got, want = (json.load(open(folder / 'results.json')) for folder in (shared, run['run_dir']))
     assert got['metrics'] == want['metrics'] and got['explanations'] == want['explanations']
     assert {'config.json', 'lens.safetensors', 'report.html', 'report_text.html'} <= set(os.listdir(shared))
+    assert '<img alt="learning curve"' in (shared / 'report.html').read_text()  # from <run dir>/log.jsonl, above the folder
     proc = run_script('eval.py', *run['common'], f'--lens={shared}', '--layer=1', check=False)
     assert proc.returncode == 1 and "explains block 2 of tiny-gpt2, but this run has model='tiny-gpt2' layer=1" in proc.stderr
     assert 'or pass another --lens' in proc.stderr
