@@ -1,7 +1,8 @@
 """
 Measure a trained Consistency Lens on the held-out activation shards (DESIGN.md section 6), or explain
 every token of a text. Prints a table, writes results.json and a self-contained HTML report next to
-the checkpoint.
+the checkpoint: the tables, samples, and as inline PNGs the run's learning curve (train.py's log.jsonl),
+the per-sample KL distributions of the lens and every baseline, and the KL at each offset after p.
 
     $ python eval.py config/austen_smollm2.py                      # the newest run in out_dir
     $ python eval.py config/austen_smollm2.py --run_name=NAME --best_of_k=8
@@ -20,13 +21,22 @@ measured is paired with sample i+1 (mod n) wherever a baseline needs "another sa
   text_shuffled     the encoder reading the paired sample's greedy explanation (the encoder is
                     deterministic, so this is the paired sample's Â)
   text_empty        the encoder reading an empty explanation: its prompt alone
-KL recovered vs a baseline = 1 - KL_lens / KL_baseline, over the means.
+  text_top_tokens   the encoder reading the frozen LM's own t_text most likely next tokens at p (from A's
+                    logits, most likely first): a lens that only ties it writes down the model's output
+  text_model_continuation  the encoder reading the frozen LM's own greedy t_text-token continuation of
+                    tokens 0..p of the window
+KL recovered vs a baseline = 1 - KL_lens / KL_baseline, over the means (kl_recovered_zero, against zero
+ablation, is SAELens' kl_div_score).
+Downstream: with only p patched, the KL at p+1..p+downstream_positions, where later tokens read p's
+residual through attention for what it says about the text so far; per offset and summed, over the
+samples with that many tokens after p in their window (the others are left out and counted).
 Fluency: the frozen LM's per-token NLL of the explanations and of real text under the same conditions:
 both follow the natural prefix (the decoder prompt with <embed> -> 'something'), and the real text is
 the same t_text tokens ending at p that the text_prev_tokens baseline reads. Real text given its own
 preceding context would be judged with more context than an explanation ever gets, so it would win
 for that reason alone.
-Best-of-K samples K explanations per activation (temperature 1) and keeps the lowest-KL one. It is an
+Best-of-K samples K explanations per activation (temperature 1, all K in one decoder pass per batch)
+and keeps the lowest-KL one. It is an
 oracle choice, since it needs A's own output: it shows how much better the decoder can write, not a
 lens anyone can run without A.
 Steering: sample i's explanation is replaced by the (up to t_text) real tokens that follow p in the
@@ -34,7 +44,9 @@ paired sample, read by the encoder and patched in; edit_rises is how often that 
 of their first token over Â's, edit_rises_other how often it raises the first token of a third sample's
 edit (the control: an edit that moves predictions at random raises both as often).
 """
+import base64
 import html
+import io
 import json
 import os
 import re
@@ -43,12 +55,13 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from configurator import configure, given_keys
 from dump import Shards, TokenWindows, read_tokens, same_setting
 from lens import (explain_all, format_sample, load_checkpoint, load_lens, newest_run, patched_kls,
                   reconstruction_metrics, top_tokens)
-from model import load_model, max_context, pick_dtype, read_activations
+from model import full_precision_logits, load_model, max_context, pick_dtype, read_activations
 
 # -----------------------------------------------------------------------------
 # shared with dump.py and train.py
@@ -67,6 +80,7 @@ trust_remote_code = False
 run_name = ''  # '' picks the run in out_dir saved most recently
 eval_samples = 200  # the first val samples (random windows already), at most the whole split
 num_print_samples = 3  # samples printed to the console
+downstream_positions = 4  # the downstream KL at p+1..p+K, only p patched (train.py's periodic eval measures it too)
 # eval
 ckpt = ''  # a checkpoint path; '' means best.pt (else ckpt.pt) of run_name
 lens = ''  # ... or a lens folder (config.json + lens.safetensors, <run dir>/lens): needs no checkpoint or run
@@ -80,12 +94,12 @@ edit = None  # with a text: these words replace the explanation at the last toke
 # -----------------------------------------------------------------------------
 
 
-def find_checkpoint():
+def find_checkpoint(lens_folder, ckpt, run_name, out_dir):
     """--lens or --ckpt, else best.pt (or ckpt.pt) of run_name, else of the run in out_dir saved most recently."""
-    if lens and ckpt:
-        raise SystemExit(f"lens={lens!r} and ckpt={ckpt!r} both name the lens to load: pass one of them")
-    if lens or ckpt:
-        return lens or ckpt
+    if lens_folder and ckpt:
+        raise SystemExit(f"lens={lens_folder!r} and ckpt={ckpt!r} both name the lens to load: pass one of them")
+    if lens_folder or ckpt:
+        return lens_folder or ckpt
     run = run_name or newest_run(out_dir, ['best.pt', 'ckpt.pt'])
     for name in ('best.pt', 'ckpt.pt'):
         if run and os.path.exists(os.path.join(out_dir, run, name)):
@@ -111,20 +125,46 @@ def kl_recovered(kl_lens, kl_baseline):
     return 1 - kl_lens / kl_baseline if kl_baseline > 0 else None
 
 
-def batched(fn, *tensors):
-    """fn over chunks of eval_batch_size rows of `tensors`, the outputs concatenated."""
-    return torch.cat([fn(*(t[i:i + eval_batch_size] for t in tensors)) for i in range(0, len(tensors[0]), eval_batch_size)])
+def batched(fn, batch_size, *tensors):
+    """fn over chunks of batch_size rows of `tensors`, the outputs concatenated."""
+    return torch.cat([fn(*(t[i:i + batch_size] for t in tensors)) for i in range(0, len(tensors[0]), batch_size)])
 
 
-def by_length(rows, fn):
+def by_length(rows, fn, batch_size):
     """fn over 1-D token tensors grouped by length (neither the encoder nor the LM call takes padding),
     the results in the order of `rows`."""
     out = [None] * len(rows)
     for length in {len(r) for r in rows}:
         group = [i for i, r in enumerate(rows) if len(r) == length]
-        for i, value in zip(group, batched(fn, torch.stack([rows[i] for i in group]))):
+        for i, value in zip(group, batched(fn, batch_size, torch.stack([rows[i] for i in group]))):
             out[i] = value
     return torch.stack(out)
+
+
+@torch.no_grad()
+def model_continuation(lm, tokens, pos, n, batch_size):
+    """The frozen LM's own greedy n-token continuation of each window's tokens 0..p ([B, n] ids) and its logits
+    at p ([B, V], the fp32 head as in patched_kls). Batches go in order of p, left-padded to their longest
+    prefix, with the mask and positions that say where each row starts."""
+    ids_out, logits_at_p = torch.empty(len(tokens), n, dtype=torch.long, device=tokens.device), [None] * len(tokens)
+    order = pos.argsort()
+    for i in range(0, len(tokens), batch_size):
+        s = order[i:i + batch_size]
+        source = torch.arange(int(pos[s].max()) + 1, device=tokens.device)[None] - (pos[s].max() - pos[s])[:, None]
+        mask, position, cache, rows = (source >= 0).long(), source.clamp(min=0), DynamicCache(), []
+        step = tokens[s].gather(1, position)
+        for t in range(n):
+            hidden = lm.base_model(input_ids=step, attention_mask=mask, position_ids=position, past_key_values=cache,
+                                   use_cache=True).last_hidden_state
+            logits = full_precision_logits(lm, hidden[:, -1])
+            if t == 0:
+                for j, row in zip(s.tolist(), logits):
+                    logits_at_p[j] = row
+            step = logits.argmax(-1, keepdim=True)
+            rows.append(step)
+            mask, position = torch.cat([mask, mask.new_ones(len(s), 1)], 1), position[:, -1:] + 1
+        ids_out[s] = torch.cat(rows, 1)
+    return ids_out, torch.stack(logits_at_p)
 
 
 def kl_summary(kls):
@@ -132,7 +172,25 @@ def kl_summary(kls):
     return dict(kl=kls.mean().item(), kl_median=q50, kl_p90=q90)
 
 
-def top_pairs(logits_a, logits_first):
+def downstream_summary(kls, complete):
+    """The KL after p ([n, K + 1], column 0 is p) over the samples with K tokens after p: summed over p+1..p+K
+    and per offset. None when no sample has K tokens after p."""
+    later = kls[complete, 1:]
+    if not len(later):
+        return dict(kl_downstream=None, kl_downstream_per_offset=None)
+    return dict(kl_downstream=later.sum(1).mean().item(), kl_downstream_per_offset=later.mean(0).tolist())
+
+
+def metric_name(method, key):
+    """results.json's name of a method's metric: kl_<method>[_median|_p90|_recovered], kl_downstream_<method>[_per_offset],
+    and mse, fve, cos, norm_ratio for the lens, with _<method> appended for each baseline."""
+    for stem in ('kl_downstream', 'kl'):
+        if key.startswith(stem):
+            return f'{stem}_{method}{key[len(stem):]}'
+    return key if method == 'lens' else f'{key}_{method}'
+
+
+def top_pairs(tokenizer, logits_a, logits_first):
     """The top-3 next tokens at p with A and with the first patch, per sample."""
     return [(top_tokens(tokenizer, a), top_tokens(tokenizer, r)) for a, r in zip(logits_a, logits_first)]
 
@@ -142,12 +200,238 @@ def show_tops(tops):
 
 
 def fmt(value):
-    return '-' if value is None else f'{value:.4f}'
+    return '-' if value is None else str(value) if isinstance(value, int) else f'{value:.4f}'
 
 
 def visible(text):
     """Newlines as a visible mark: explanations often start with one, which HTML would swallow."""
     return text.replace('\n', '\u21b5')
+
+
+def real_text(tokens, pos, n):
+    """The (up to) n real tokens of each window ending at p, and those after p (empty where p ends the window)."""
+    return ([tokens[b, max(0, p + 1 - n):p + 1] for b, p in enumerate(pos.tolist())],
+            [tokens[b, p + 1:p + 1 + n] for b, p in enumerate(pos.tolist())])
+
+
+def baseline_patches(lens, lm, acts, tokens, pos, ids, recon, batch_size):
+    """Every baseline's patch at (layer, p), each through the same encoder as the lens where it is text ({name: [n, d]})."""
+    t_text, n = lens.cfg.t_text, len(acts)
+    partner = torch.arange(n, device=acts.device).roll(-1)
+    previous, following = real_text(tokens, pos, t_text)
+    continuation, logits_at_p = model_continuation(lm, tokens, pos, t_text, batch_size)
+    read = lambda rows: batched(lens.encoder, batch_size, rows).float()
+    patches = dict(zero=torch.zeros_like(acts), mean=lens.stats.mean.expand_as(acts), resample=acts[partner],
+                   text_prev_tokens=by_length(previous, lens.encoder, batch_size).float(),
+                   text_current_token=read(tokens.gather(1, pos[:, None])), text_shuffled=recon[partner],
+                   text_top_tokens=read(logits_at_p.topk(t_text, -1).indices), text_model_continuation=read(continuation))
+    if lens.encoder.prompt_prefix is not None or lens.encoder.prompt_postfix is not None:
+        patches['text_next_tokens'] = by_length(following, lens.encoder, batch_size).float()
+        patches['text_empty'] = lens.encoder(ids[:1, :0]).float().expand_as(acts)
+    else:
+        print("no text_next_tokens and text_empty baselines: the encoder prompt is '<text>' alone, so an empty "
+              "explanation (or no token after p) is no input at all")
+    return patches, continuation
+
+
+def steering(lens, lm, tokens, pos, logits_recon, batch_size):
+    """Each sample's explanation replaced by the paired sample's real tokens after p (a window ending at p is
+    skipped): how the log-probability of their first token, and of a third sample's (the control), moves."""
+    t_text, n = lens.cfg.t_text, len(tokens)
+    partner = torch.arange(n, device=tokens.device).roll(-1)
+    edit_words = [real_text(tokens, pos, t_text)[1][j] for j in partner.tolist()]
+    s = torch.tensor([i for i in range(n) if len(edit_words[i])], device=tokens.device, dtype=torch.long)
+    edits = by_length([edit_words[i] for i in s.tolist()], lens.encoder, batch_size).float()
+    logits_edit = patched_kls(lm, lens.cfg.layer, tokens[s], pos[s], dict(edit=edits), batch_size)[2]
+    gain = F.log_softmax(logits_edit.float(), -1) - F.log_softmax(logits_recon[s].float(), -1)  # [len(s), V]
+    first = torch.stack([edit_words[i][0] for i in s.tolist()])
+    own, other = gain.gather(1, first[:, None])[:, 0], gain.gather(1, first.roll(-1)[:, None])[:, 0]
+    return dict(edit_rises=(own > 0).float().mean().item(), edit_rises_other=(other > 0).float().mean().item(),
+                edit_logp_gain=own.mean().item(), edit_logp_gain_other=other.mean().item(), edits=len(s))
+
+
+def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_positions):
+    """The protocol on val samples (acts [n, d], their windows tokens [n, ctx] and positions pos [n]).
+    Returns (metrics, per-method summaries, per-sample KLs at p {method: [n]}, the explanations, the LM's own
+    continuations, the logits
+    at p with A and with Â)."""
+    n, t0 = len(acts), time.time()  # progress lines: on a CPU every KL pass is minutes for a real model
+    explanations, ids, recon = explain_all(lens, acts, batch_size)
+    baselines, continuation = baseline_patches(lens, lm, acts, tokens, pos, ids, recon, batch_size)
+    patches = dict(lens=recon, **baselines)
+    # best of K: the K sampled explanations of a batch in one decoder pass, and their KLs in the pass below
+    sampled = explain_all(lens, acts.repeat(best_of_k, 1), batch_size * best_of_k, 'sample')[2].view(best_of_k, n, -1)
+    print(f"explained {n} val samples (greedy, and {best_of_k} sampled for the best of K), read the baselines' "
+          f"text ({time.time() - t0:.0f}s)", flush=True)
+    kls, logits_a, logits_recon = patched_kls(lm, lens.cfg.layer, tokens, pos, patches | {f'sampled_{k}': x for k, x in
+                                              enumerate(sampled)}, batch_size, after=downstream_positions)
+    complete = pos + downstream_positions < tokens.shape[1]
+    kls_at_p = {name: k[:, 0] for name, k in kls.items()}
+    print(f"KL at p..p+{downstream_positions} of the lens, {len(patches) - 1} baselines and {best_of_k} sampled "
+          f"explanations ({time.time() - t0:.0f}s)", flush=True)
+    previous = real_text(tokens, pos, lens.cfg.t_text)[0]
+    fluency = lambda rows: nll(lm, lens.natural_prefix, rows)
+    nll_explanation, nll_real = batched(fluency, batch_size, ids), by_length(previous, fluency, batch_size)
+    steered = steering(lens, lm, tokens, pos, logits_recon, batch_size)
+    print(f"fluency, steering with {steered.pop('edits')} edits ({time.time() - t0:.0f}s)", flush=True)
+
+    methods = {name: kl_summary(kls_at_p[name]) | downstream_summary(kls[name], complete) |
+               reconstruction_metrics(patch, acts) for name, patch in patches.items()}
+    for name in list(methods)[1:]:
+        methods[name]['kl_recovered'] = kl_recovered(methods['lens']['kl'], methods[name]['kl'])
+    metrics = {metric_name(name, k): v for name, m in methods.items() for k, v in m.items()}
+    sampled_kls = torch.stack([kls_at_p[f'sampled_{k}'] for k in range(best_of_k)])
+    curve = sorted({2 ** i for i in range(best_of_k.bit_length())} | {best_of_k})
+    metrics |= dict(kl_recovered_zero=methods['zero']['kl_recovered'], downstream_positions=downstream_positions,
+                    downstream_samples=int(complete.sum()), downstream_left_out=int((~complete).sum()),
+                    nll_explanation=nll_explanation.mean().item(), nll_real_text=nll_real.mean().item(),
+                    distinct_ratio=distinct_ratio(ids), explanations_unique=len(set(explanations)) / n,
+                    first_word_is_top_token=(ids[:, 0] == logits_a.argmax(-1)).float().mean().item(),
+                    lens_beats_model_continuation=(kls_at_p['lens'] < kls_at_p['text_model_continuation']).float().mean().item(),
+                    kl_best_of_k={str(k): sampled_kls[:k].min(0).values.mean().item() for k in curve}, **steered)
+    return metrics, methods, {name: kls_at_p[name] for name in patches}, explanations, continuation, logits_a, logits_recon
+
+
+def explain_text(lens, lm, tokenizer, model_name, text, positions, edit, batch_size):
+    """Every token of `text` explained (or those at `positions`; with an edit, the last unless positions):
+    ({p: dict(kl, explanation, top=(top-3 with A, with Â[, with the edit])[, kl_edit])}, the tokens' pieces)."""
+    ids = tokenizer.encode(text)
+    if not ids:
+        raise SystemExit("the text encodes to no tokens: pass a non-empty --text or --text_file")
+    if len(ids) > max_context(lm):
+        raise SystemExit(f"the text is {len(ids)} tokens, longer than {model_name}'s context of {max_context(lm)}: "
+                         f"shorten it or split it into pieces")
+    every = list(range(len(ids))) if edit is None else [len(ids) - 1]
+    chosen = every if positions is None else [int(p) for p in re.findall(r'-?\d+', str(positions))]
+    if not chosen or not all(0 <= p < len(ids) for p in chosen):
+        raise SystemExit(f"positions={positions!r}: the text has tokens 0..{len(ids) - 1}, "
+                         f"pass e.g. --positions=0,{len(ids) - 1}")
+    layer, device = lens.cfg.layer, lm.device
+    tokens = torch.tensor(ids, device=device)[None].expand(len(chosen), -1)
+    pos = torch.tensor(chosen, device=device)
+    acts = batched(lambda t, p: read_activations(lm, layer, t, p).float(), batch_size, tokens, pos)
+    explanations, _, recon = explain_all(lens, acts, batch_size)
+    kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, dict(lens=recon), batch_size)
+    tops = top_pairs(tokenizer, logits_a, logits_recon)
+    items = {p: dict(kl=k, explanation=e, top=t) for p, k, e, t in zip(chosen, kls['lens'].tolist(), explanations, tops)}
+    if edit is not None:  # the user's words in place of each explanation: read by the encoder, patched in at p
+        edited = lens.encoder(torch.tensor([tokenizer.encode(edit)], device=device)).float().expand_as(acts)
+        kls_edit, _, logits_edit = patched_kls(lm, layer, tokens, pos, dict(edit=edited), batch_size)
+        for item, k, e in zip(items.values(), kls_edit['edit'].tolist(), logits_edit):
+            item['top'] += (top_tokens(tokenizer, e),)
+            item['kl_edit'] = k
+    return items, [tokenizer.decode([i]) for i in ids]
+
+
+def print_text(items, pieces):
+    print(f"{'pos':>4}  {'token':<14} {'KL':>8}  explanation")
+    for p, item in items.items():
+        print(f"{p:>4}  {repr(pieces[p])[:14]:<14} {item['kl']:8.4f}  {item['explanation']!r}")
+        if 'kl_edit' in item:
+            print(f"      next with A:    {show_tops(item['top'][0])}\n      next with Â:    {show_tops(item['top'][1])}\n"
+                  f"      next with edit: {show_tops(item['top'][2])}   (KL {item['kl_edit']:.4f})")
+    summary = kl_summary(torch.tensor([item['kl'] for item in items.values()]))
+    print(f"KL over {len(items)} positions: mean {summary['kl']:.4f}, median {summary['kl_median']:.4f}, "
+          f"p90 {summary['kl_p90']:.4f} nats")
+    return summary
+
+
+def results_table(methods):
+    """The per-method table: KL at p, downstream, recovered, reconstruction; a row per offset after p."""
+    offsets = len(next(m['kl_downstream_per_offset'] for m in methods.values()) or [])
+    rows = [('KL mean (nats)', 'kl'), ('KL median', 'kl_median'), ('KL p90', 'kl_p90'),
+            ('KL recovered by lens', 'kl_recovered'), (f'KL p+1..p+{offsets} summed', 'kl_downstream')]
+    table = [['metric', *methods]] + [[label] + [fmt(m.get(k)) for m in methods.values()] for label, k in rows]
+    table += [[f'  KL at p+{k + 1}'] + [fmt(m['kl_downstream_per_offset'][k]) for m in methods.values()] for k in range(offsets)]
+    return table + [[label] + [fmt(m.get(k)) for m in methods.values()] for label, k in (
+        ('MSE', 'mse'), ('FVE', 'fve'), ('cosine', 'cos'), ('norm ratio |Â|/|A|', 'norm_ratio'))]
+
+
+def extra_lines(metrics, t_text):
+    lines = [('KL recovered vs zero ablation (SAELens kl_div_score)', metrics['kl_recovered_zero']),
+             ("first word of the explanation = the LM's top next token", metrics['first_word_is_top_token']),
+             ("samples where the lens beats the LM's own continuation", metrics['lens_beats_model_continuation']),
+             (f"samples with {metrics['downstream_positions']} tokens after p (downstream KL; "
+              f"{metrics['downstream_left_out']} left out)", metrics['downstream_samples']),
+             ('NLL/token of the explanations after the natural prefix', metrics['nll_explanation']),
+             (f'NLL/token of real text ({t_text} tokens ending at p), same prefix', metrics['nll_real_text']),
+             ('distinct tokens / tokens per explanation', metrics['distinct_ratio']),
+             ('distinct explanations / samples (1: every A gets its own words)', metrics['explanations_unique'])]
+    lines += [(f'mean KL of the best of {k} sampled explanations', v) for k, v in metrics['kl_best_of_k'].items()]
+    return lines + [("steering: edits raising their first token's probability", metrics['edit_rises']),
+                    ("  ... raising another sample's edit's first token (control)", metrics['edit_rises_other']),
+                    ("steering: mean gain in log-probability of that token", metrics['edit_logp_gain']),
+                    ("  ... of the control token", metrics['edit_logp_gain_other'])]
+
+
+def print_results(table, extra):
+    widths = [max(9, len(name) + 2) for name in table[0][1:]]
+    for row in table:
+        print(f"{row[0]:<21}" + ''.join(f"{c:>{w}}" for c, w in zip(row[1:], widths)))
+    for label, value in extra:
+        print(f"{label:<70}{fmt(value):>10}")
+
+
+def read_log(path):
+    """The rows of a run's log.jsonl (train.py's), [] when there is none."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def png(fig, alt):
+    """A matplotlib figure as an <img> with its PNG inline: the report stays one file that opens offline."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=80, bbox_inches='tight')
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+
+
+def plot_learning_curve(rows):
+    """Val KL at p of the lens, a shuffled explanation, mean ablation and the LM's top tokens against iteration,
+    and the training batches' KL."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.5, 3.4))
+    ax = fig.subplots()
+    train = [(r['iter'], r['kl']) for r in rows if r['split'] == 'train']
+    if train:
+        ax.plot(*zip(*train), color='0.75', lw=1, label='train batch KL')
+    for key, label in (('kl', 'lens'), ('kl_shuffled', 'shuffled explanation'), ('kl_mean_ablation', 'mean ablation'),
+                       ('kl_text_top_tokens', "the LM's top tokens")):
+        points = [(r['iter'], r[key]) for r in rows if r['split'] == 'val' and key in r]
+        if points:
+            ax.plot(*zip(*points), marker='o', ms=3, label=label)
+    ax.set(xlabel='iteration', ylabel='KL at p (nats)', title='learning curve (log.jsonl, periodic eval)')
+    ax.legend(fontsize=8)
+    return png(fig, 'learning curve')
+
+
+def plot_kl_distributions(at_p):
+    """Per-sample KL at p of the lens and of every baseline, one box per method (log scale)."""
+    from matplotlib.figure import Figure
+    names = sorted(at_p, key=lambda name: at_p[name].mean().item())
+    fig = Figure(figsize=(6.5, 0.3 * len(names) + 1))
+    ax = fig.subplots()
+    ax.boxplot([at_p[name].clamp(min=1e-3).cpu().numpy() for name in names], vert=False, tick_labels=names,
+               showmeans=True, flierprops=dict(ms=2))
+    ax.set(xscale='log', xlabel='KL at p per sample (nats; mean as a triangle)', title='per-sample KL distributions')
+    return png(fig, 'per-sample KL distributions')
+
+
+def plot_downstream(methods):
+    """Mean KL at p and at each offset after it, over the samples with K tokens after p (only p patched)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.5, 3.4))
+    ax = fig.subplots()
+    offsets = len(methods['lens']['kl_downstream_per_offset'] or [])
+    for name, m in methods.items():
+        if offsets:
+            ax.plot(range(offsets + 1), [m['kl']] + m['kl_downstream_per_offset'], marker='o', ms=3,
+                    lw=2.5 if name == 'lens' else 1, label=name)
+    ax.set_xticks(range(offsets + 1), ['p'] + [f'p+{k}' for k in range(1, offsets + 1)])
+    ax.set(yscale='log', xlabel='position (only p patched)', ylabel='mean KL (nats)', title='KL at p and after it')
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1))
+    return png(fig, 'KL per offset after p')
 
 
 def token_span(piece, item=None, scale=1.0, mark=False):
@@ -169,9 +453,23 @@ def html_table(rows):
                                for r, row in enumerate(rows)) + '</table>'
 
 
-def write_report(path, title, body, scale):
-    """A page that opens offline: inline CSS and a few lines of JS, no external resources. Every text reaches it
-    through html.escape, as element text or a quoted attribute, and the JS only ever assigns textContent."""
+def sample_html(tokenizer, window, p, item, continuation, scale):
+    """One val sample: its context with p outlined and coloured by its KL, the explanation, the LM's own
+    continuation, and the top next tokens with A and with Â."""
+    context = ''.join(token_span(tokenizer.decode([t]), item if i == p else None, scale, mark=True)
+                      for i, t in enumerate(window[:p + 1]))
+    actual = f', actual next token {tokenizer.decode([window[p + 1]])!r}' if p + 1 < len(window) else ''
+    return (f'<div class="sample"><div class="note">p = {p}, KL {item["kl"]:.4f}{html.escape(actual)}</div>'
+            f'<div class="text">{context}</div><div>explanation: <b class="e">{html.escape(visible(item["explanation"]))}'
+            f'</b></div><div class="note">the LM\'s own continuation: {html.escape(visible(continuation))}<br>'
+            f'next with A: {html.escape(show_tops(item["top"][0]))}<br>'
+            f'next with Â: {html.escape(show_tops(item["top"][1]))}</div></div>')
+
+
+def write_report(path, title, note, body, scale):
+    """A page that opens offline: inline CSS, a few lines of JS and the plots as inline PNGs, no external
+    resources. Every text reaches it through html.escape, as element text or a quoted attribute, and the JS
+    only ever assigns textContent."""
     style = """body{font:14px/1.5 system-ui,sans-serif;margin:24px 24px 200px;color:#222;max-width:1100px}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.n{text-align:right}
 .text{white-space:pre-wrap;font:15px/2 monospace;margin:6px 0}.t{position:relative}.x{cursor:pointer;border-radius:2px}
@@ -179,7 +477,7 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:
 .x:hover::after{content:attr(data-expl);position:absolute;left:0;top:1.6em;z-index:2;background:#333;color:#fff;
 padding:2px 6px;border-radius:3px;white-space:pre-wrap;width:max-content;max-width:360px;font-size:13px}
 .note{color:#666}.legend{display:inline-block;width:160px;height:12px;vertical-align:middle;
-background:linear-gradient(to right,rgba(220,40,40,0),rgba(220,40,40,1))}
+background:linear-gradient(to right,rgba(220,40,40,0),rgba(220,40,40,1))}.plots img{margin:4px 8px 4px 0}.wide{overflow-x:auto}td:first-child{white-space:nowrap}
 #panel{position:fixed;right:12px;bottom:12px;width:420px;background:#fffbe6;border:1px solid #d9c56a;padding:8px;
 font-size:13px;white-space:pre-wrap}"""
     script = """document.addEventListener('click', e => { const t = e.target.closest('.x'); if (!t) return;
@@ -187,14 +485,39 @@ font-size:13px;white-space:pre-wrap}"""
     'explanation: ' + t.dataset.expl + '\\nnext with A: ' + t.dataset.a + '\\nnext with \\u00c2: ' + t.dataset.r +
     (t.dataset.edit ? '\\nnext with the edit: ' + t.dataset.edit : ''); });"""
     page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{style}</style>'
-            f'</head><body><h2>{html.escape(title)}</h2><p class="note">{html.escape(ckpt_path)}, iteration '
-            f'{checkpoint["iter_num"]}, {html.escape(model)} block {layer}. Hover a coloured token for its explanation, '
-            f'click it for details. KL at p: 0 <span class="legend"></span> {scale:.3g} nats or more.</p>{body}'
+            f'</head><body><h2>{html.escape(title)}</h2><p class="note">{html.escape(note)}. Hover a coloured token for its '
+            f'explanation, click it for details. KL at p: 0 <span class="legend"></span> {scale:.3g} nats or more.</p>{body}'
             f'<div id="panel">click a coloured token</div><script>{script}</script></body></html>')
     with open(path + '.tmp', 'w', encoding='utf-8') as f:
         f.write(page)
     os.replace(path + '.tmp', path)
     print(path)
+
+
+def text_report(path, note, items, pieces, summary, edit):
+    scale = max(summary['kl_p90'], 1e-6)
+    rows = [[p, repr(pieces[p]), fmt(it['kl']), visible(it['explanation']), *map(show_tops, it['top'])] for p, it in items.items()]
+    head = ['pos', 'token', 'KL', 'explanation', 'next with A', 'next with Â'] + ['next with the edit'] * (edit is not None)
+    write_report(path, 'Consistency Lens: explained text', note,
+                 html_table([('positions', 'KL mean (nats)', 'KL median', 'KL p90'), (len(items), *map(fmt, summary.values()))]) +
+                 ('' if edit is None else f'<p>edit: <b class="e">{html.escape(visible(edit))}</b></p>') +
+                 '<div class="text">' + ''.join(token_span(t, items.get(p), scale) for p, t in enumerate(pieces)) +
+                 '</div><h3>Every explained position</h3>' + html_table([head] + rows), scale)
+
+
+def val_report(path, note, table, extra, methods, kls_at_p, log_rows, samples_html, scale):
+    curve = plot_learning_curve(log_rows) if log_rows else '<p class="note">no log.jsonl beside the lens: no learning curve</p>'
+    write_report(path, 'Consistency Lens: evaluation', note,
+                 f'<div class="plots">{curve}{plot_kl_distributions(kls_at_p)}{plot_downstream(methods)}</div>' +
+                 f'<div class="wide">{html_table(table)}</div>' + html_table([('more measures', 'value')] + [(l, fmt(v)) for l, v in extra]) +
+                 '<h3>Samples: the token at p is outlined and coloured by its KL</h3>' + ''.join(samples_html), scale)
+
+
+def write_json(path, obj):
+    with open(path + '.tmp', 'w') as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + '.tmp', path)
+    print(f"wrote {path}")
 
 
 if __name__ == '__main__':
@@ -204,7 +527,7 @@ if __name__ == '__main__':
     text_mode = text is not None or text_file is not None
 
     # checks before anything heavy: the checkpoint must explain this model's block, the data must exist
-    ckpt_path = find_checkpoint()
+    ckpt_path = find_checkpoint(lens, ckpt, run_name, out_dir)
     checkpoint = load_checkpoint(ckpt_path)
     run_dir = ckpt_path if os.path.isdir(ckpt_path) else os.path.dirname(os.path.abspath(ckpt_path))  # the results go here
     print(f"checkpoint: {ckpt_path} (iteration {checkpoint['iter_num']})")
@@ -224,19 +547,17 @@ if __name__ == '__main__':
         if not os.path.isfile(text_file):
             raise SystemExit(f"text_file {text_file!r} not found: pass --text_file=path/to/file.txt or --text='...'")
         text = open(text_file, encoding='utf-8').read()
-    if text_mode:
-        text = str(text)  # the configurator reads --text=123 as a number
-        if not text:
-            raise SystemExit("the text to explain is empty: pass --text='some words' or a non-empty --text_file")
-    else:  # the val windows of the dump, or (a lens trained with acts_source='tokens') those it would hold
+    if text_mode and not str(text):  # str: the configurator reads --text=123 as a number
+        raise SystemExit("the text to explain is empty: pass --text='some words' or a non-empty --text_file")
+    if not text_mode:  # the val windows of the dump, or (a lens trained with acts_source='tokens') those it would hold
         windows = {k: globals()[k] if k in given else checkpoint['config'].get(k, globals()[k])
                    for k in ('acts_source', 'data_dir', 'num_val_samples', 'ctx', 'min_pos', 'seed')}
         if windows['acts_source'] == 'tokens':
             read_tokens(windows['data_dir'], 'val')  # the corpus exists: checked before the model loads
-            num_val = windows['num_val_samples']
+            num_val, window_length = windows['num_val_samples'], windows['ctx']
         else:
             val_data = Shards(out_dir, 'val', model=model, layer=layer, **({'ctx': ctx} if 'ctx' in given else {}))
-            num_val = len(val_data)
+            num_val, window_length = len(val_data), val_data.ctx
         n = min(eval_samples, num_val)
         if n < eval_samples:
             print(f"eval_samples={eval_samples} but the val split has {num_val} samples: measuring all {n}")
@@ -244,158 +565,41 @@ if __name__ == '__main__':
             raise SystemExit(f"eval_samples={eval_samples}: the baselines pair each sample with another, measure at least 2")
         if best_of_k < 1:
             raise SystemExit(f"best_of_k={best_of_k}: the best-of-K curve needs at least one sample, pass --best_of_k=4")
+        if not 1 <= downstream_positions < window_length:
+            raise SystemExit(f"downstream_positions={downstream_positions}: the KL after p needs 1 to ctx - 1 = "
+                             f"{window_length - 1} positions of the {window_length}-token windows, pass e.g. --downstream_positions=4")
 
     lm, tokenizer = load_model(model, device, trust_remote_code, dtype)
-    lens = load_lens(checkpoint, lm, tokenizer, model).eval()
-    if not text_mode and windows['acts_source'] == 'tokens':
-        val_data = TokenWindows(lm, windows['data_dir'], 'val', windows['num_val_samples'], layer, windows['ctx'],
-                                windows['min_pos'], windows['seed'], eval_batch_size)
-    t_text = lens.cfg.t_text
+    trained = load_lens(checkpoint, lm, tokenizer, model).eval()
+    note = f"{ckpt_path}, iteration {checkpoint['iter_num']}, {model} block {layer}"
     torch.manual_seed(seed)
-
-    # explain a text: every token, or the chosen positions
-    if text_mode:
-        ids = tokenizer.encode(text)
-        if not ids:
-            raise SystemExit("the text encodes to no tokens: pass a non-empty --text or --text_file")
-        if len(ids) > max_context(lm):
-            raise SystemExit(f"the text is {len(ids)} tokens, longer than {model}'s context of {max_context(lm)}: "
-                             f"shorten it or split it into pieces")
-        every = list(range(len(ids))) if edit is None else [len(ids) - 1]  # an edit goes to the last token unless --positions
-        chosen = every if positions is None else [int(p) for p in re.findall(r'-?\d+', str(positions))]
-        if not chosen or not all(0 <= p < len(ids) for p in chosen):
-            raise SystemExit(f"positions={positions!r}: the text has tokens 0..{len(ids) - 1}, "
-                             f"pass e.g. --positions=0,{len(ids) - 1}")
-        tokens = torch.tensor(ids, device=device)[None].expand(len(chosen), -1)
-        pos = torch.tensor(chosen, device=device)
-        acts = batched(lambda t, p: read_activations(lm, layer, t, p).float(), tokens, pos)
-        explanations, _, recon = explain_all(lens, acts, eval_batch_size)
-        kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, dict(lens=recon), eval_batch_size)
-        kls, tops = kls['lens'], top_pairs(logits_a, logits_recon)
-        items = {p: dict(kl=k, explanation=e, top=t) for p, k, e, t in zip(chosen, kls.tolist(), explanations, tops)}
-        if edit is not None:  # the user's words in place of each explanation: read by the encoder, patched in at p
-            edited = lens.encoder(torch.tensor([tokenizer.encode(str(edit))], device=device)).float().expand_as(acts)
-            kls_edit, _, logits_edit = patched_kls(lm, layer, tokens, pos, dict(edit=edited), eval_batch_size)
-            for item, k, e in zip(items.values(), kls_edit['edit'].tolist(), logits_edit):
-                item['top'] += (top_tokens(tokenizer, e),)
-                item['kl_edit'] = k
-        pieces = [tokenizer.decode([i]) for i in ids]
-        summary = kl_summary(kls)
-        print(f"{'pos':>4}  {'token':<14} {'KL':>8}  explanation")
-        for p, item in items.items():
-            print(f"{p:>4}  {repr(pieces[p])[:14]:<14} {item['kl']:8.4f}  {item['explanation']!r}")
-            if edit is not None:
-                print(f"      next with A:    {show_tops(item['top'][0])}\n      next with Â:    {show_tops(item['top'][1])}\n"
-                      f"      next with edit: {show_tops(item['top'][2])}   (KL {item['kl_edit']:.4f})")
-        print(f"KL over {len(chosen)} positions: mean {summary['kl']:.4f}, median {summary['kl_median']:.4f}, "
-              f"p90 {summary['kl_p90']:.4f} nats")
-        scale = max(summary['kl_p90'], 1e-6)
-        rows = [[p, repr(pieces[p]), fmt(it['kl']), visible(it['explanation']), *map(show_tops, it['top'])]
-                for p, it in items.items()]
-        head = ['pos', 'token', 'KL', 'explanation', 'next with A', 'next with Â'] + ['next with the edit'] * (edit is not None)
-        write_report(os.path.join(run_dir, 'report_text.html'), 'Consistency Lens: explained text',
-                     html_table([('positions', 'KL mean (nats)', 'KL median', 'KL p90'),
-                                 (len(chosen), *map(fmt, summary.values()))]) +
-                     ('' if edit is None else f'<p>edit: <b class="e">{html.escape(visible(str(edit)))}</b></p>') +
-                     '<div class="text">' + ''.join(token_span(t, items.get(p), scale) for p, t in enumerate(pieces)) +
-                     '</div><h3>Every explained position</h3>' + html_table([head] + rows), scale)
-        raise SystemExit(0)
-
-    # measure on the val shards
-    acts, tokens, pos = (t.to(device) for t in val_data.get(np.arange(n)))
-    partner = torch.arange(n, device=device).roll(-1)
-    windows = [tokens[b, max(0, p + 1 - t_text):p + 1] for b, p in enumerate(pos.tolist())]
-    following = [tokens[b, p + 1:p + 1 + t_text] for b, p in enumerate(pos.tolist())]  # empty where p ends the window
-    prompted = lens.encoder.prompt_prefix is not None or lens.encoder.prompt_postfix is not None
-    shown = min(report_samples, n)
-    t0 = time.time()  # progress lines: on a CPU every KL pass is a forward over n contexts, minutes for a real model
-    explanations, ids, recon = explain_all(lens, acts, eval_batch_size)
-    patches = dict(lens=recon, zero=torch.zeros_like(acts), mean=lens.stats.mean.expand_as(acts), resample=acts[partner],
-                   text_prev_tokens=by_length(windows, lens.encoder).float(),
-                   text_current_token=batched(lens.encoder, tokens.gather(1, pos[:, None])).float(), text_shuffled=recon[partner])
-    if prompted:
-        patches['text_next_tokens'] = by_length(following, lens.encoder).float()
-        patches['text_empty'] = lens.encoder(ids[:1, :0]).float().expand_as(acts)
-    else:
-        print("no text_next_tokens and text_empty baselines: the encoder prompt is '<text>' alone, so an empty "
-              "explanation (or no token after p) is no input at all")
-    print(f"explained {n} val samples ({time.time() - t0:.0f}s)", flush=True)
-    kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, patches, eval_batch_size)
-    tops = top_pairs(logits_a, logits_recon)
-    fluency = lambda rows: nll(lm, lens.natural_prefix, rows)
-    nll_explanation, nll_real = batched(fluency, ids), by_length(windows, fluency)
-    print(f"KL of the lens and {len(patches) - 1} baselines, fluency ({time.time() - t0:.0f}s)", flush=True)
-    sampled = {k: explain_all(lens, acts, eval_batch_size, 'sample')[2] for k in range(best_of_k)}
-    sampled = torch.stack(list(patched_kls(lm, layer, tokens, pos, sampled, eval_batch_size)[0].values()))
-    print(f"best of {best_of_k} sampled explanations ({time.time() - t0:.0f}s)", flush=True)
-    # steering: the real tokens after p of the paired sample as the explanation (its window may end at p: skipped)
-    edit_words = [following[j] for j in partner.tolist()]
-    s = torch.tensor([i for i in range(n) if len(edit_words[i])], device=device, dtype=torch.long)
-    edits = by_length([edit_words[i] for i in s.tolist()], lens.encoder).float()
-    logits_edit = patched_kls(lm, layer, tokens[s], pos[s], dict(edit=edits), eval_batch_size)[2]
-    gain = F.log_softmax(logits_edit.float(), -1) - F.log_softmax(logits_recon[s].float(), -1)  # [len(s), V]
-    first = torch.stack([edit_words[i][0] for i in s.tolist()])
-    own, other = gain.gather(1, first[:, None])[:, 0], gain.gather(1, first.roll(-1)[:, None])[:, 0]
-    print(f"steering with {len(s)} edits ({time.time() - t0:.0f}s)", flush=True)
-
-    methods = {name: kl_summary(kls[name]) | reconstruction_metrics(patch, acts) for name, patch in patches.items()}
-    for name in list(methods)[1:]:
-        methods[name]['kl_recovered'] = kl_recovered(methods['lens']['kl'], methods[name]['kl'])
-    # results.json names: kl_<method>[_median|_p90|_recovered]; mse, fve, cos, norm_ratio for the lens
-    # and with _<baseline> appended for each baseline
-    metrics = {(f'kl_{name}' + k[2:] if k.startswith('kl') else k if name == 'lens' else f'{k}_{name}'): v
-               for name, m in methods.items() for k, v in m.items()}
-    curve = sorted({2 ** i for i in range(best_of_k.bit_length())} | {best_of_k})
-    metrics |= dict(nll_explanation=nll_explanation.mean().item(), nll_real_text=nll_real.mean().item(),
-                    distinct_ratio=distinct_ratio(ids), explanations_unique=len(set(explanations)) / n,
-                    kl_best_of_k={str(k): sampled[:k].min(0).values.mean().item() for k in curve},
-                    edit_rises=(own > 0).float().mean().item(), edit_rises_other=(other > 0).float().mean().item(),
-                    edit_logp_gain=own.mean().item(), edit_logp_gain_other=other.mean().item())
-
-    table = [['metric', *methods]] + [[label] + [fmt(m.get(k)) for m in methods.values()] for label, k in (
-        ('KL mean (nats)', 'kl'), ('KL median', 'kl_median'), ('KL p90', 'kl_p90'), ('KL recovered by lens', 'kl_recovered'),
-        ('MSE', 'mse'), ('FVE', 'fve'), ('cosine', 'cos'), ('norm ratio |Â|/|A|', 'norm_ratio'))]
-    extra = [('NLL/token of the explanations after the natural prefix', metrics['nll_explanation']),
-             (f'NLL/token of real text ({t_text} tokens ending at p), same prefix', metrics['nll_real_text']),
-             ('distinct tokens / tokens per explanation', metrics['distinct_ratio']),
-             ('distinct explanations / samples (1: every A gets its own words)', metrics['explanations_unique'])]
-    extra += [(f'mean KL of the best of {k} sampled explanations', v) for k, v in metrics['kl_best_of_k'].items()]
-    extra += [("steering: edits raising their first token's probability", metrics['edit_rises']),
-              ("  ... raising another sample's edit's first token (control)", metrics['edit_rises_other']),
-              ("steering: mean gain in log-probability of that token", metrics['edit_logp_gain']),
-              ("  ... of the control token", metrics['edit_logp_gain_other'])]
-    print(f"\n{n} val samples, {model} block {layer}, iteration {checkpoint['iter_num']}")
-    widths = [max(9, len(name) + 2) for name in methods]
-    for row in table:
-        print(f"{row[0]:<21}" + ''.join(f"{c:>{w}}" for c, w in zip(row[1:], widths)))
-    for label, value in extra:
-        print(f"{label:<60}{fmt(value):>10}")
-    for b in range(min(num_print_samples, n)):
-        print(f"sample {b} (KL {kls['lens'][b]:.4f}):\n" + format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b],
+    if text_mode:  # explain a text: every token, or the chosen positions
+        items, pieces = explain_text(trained, lm, tokenizer, model, str(text), positions, None if edit is None else str(edit),
+                                     eval_batch_size)
+        summary = print_text(items, pieces)
+        text_report(os.path.join(run_dir, 'report_text.html'), note, items, pieces, summary, None if edit is None else str(edit))
+    else:  # measure on the val samples
+        if windows['acts_source'] == 'tokens':
+            val_data = TokenWindows(lm, windows['data_dir'], 'val', windows['num_val_samples'], layer, windows['ctx'],
+                                    windows['min_pos'], windows['seed'], eval_batch_size)
+        acts, tokens, pos = (t.to(device) for t in val_data.get(np.arange(n)))
+        metrics, methods, kls_at_p, explanations, continuation, logits_a, logits_recon = measure(
+            trained, lm, acts, tokens, pos, eval_batch_size, best_of_k, downstream_positions)
+        table, extra = results_table(methods), extra_lines(metrics, trained.cfg.t_text)
+        print(f"\n{n} val samples, {model} block {layer}, iteration {checkpoint['iter_num']}")
+        print_results(table, extra)
+        kl_lens = kls_at_p['lens']
+        for b in range(min(num_print_samples, n)):
+            print(f"sample {b} (KL {kl_lens[b]:.4f}):\n" + format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b],
                                                                         logits_a[b], logits_recon[b]))
-
-    results = dict(checkpoint=os.path.abspath(ckpt_path), iter_num=checkpoint['iter_num'], num_samples=n, metrics=metrics,
-                   config=config, train_config=checkpoint['config'], lens_config=checkpoint['lens_config'],
-                   explanations=explanations, kl_lens_per_sample=kls['lens'].tolist())
-    results_path = os.path.join(run_dir, 'results.json')
-    with open(results_path + '.tmp', 'w') as f:
-        json.dump(results, f, indent=1)
-    os.replace(results_path + '.tmp', results_path)
-    print(f"wrote {results_path}")
-
-    scale = max(torch.quantile(kls['lens'][:shown], 0.9).item(), 1e-6)
-    samples = []
-    for b in range(shown):
-        p, window = int(pos[b]), tokens[b].tolist()
-        item = dict(kl=kls['lens'][b].item(), explanation=explanations[b], top=tops[b])
-        context = ''.join(token_span(tokenizer.decode([t]), item if i == p else None, scale, mark=True)
-                          for i, t in enumerate(window[:p + 1]))
-        actual = f', actual next token {tokenizer.decode([window[p + 1]])!r}' if p + 1 < len(window) else ''
-        samples.append(f'<div class="sample"><div class="note">sample {b}, p = {p}, KL {item["kl"]:.4f}{html.escape(actual)}'
-                       f'</div><div class="text">{context}</div><div>explanation: '
-                       f'<b class="e">{html.escape(visible(explanations[b]))}</b></div>'
-                       f'<div class="note">next with A: {html.escape(show_tops(tops[b][0]))}<br>next with Â: '
-                       f'{html.escape(show_tops(tops[b][1]))}</div></div>')
-    write_report(os.path.join(run_dir, 'report.html'), 'Consistency Lens: evaluation',
-                 html_table(table) + html_table([('fluency and best-of-K', 'value')] + [(l, fmt(v)) for l, v in extra]) +
-                 '<h3>Samples: the token at p is outlined and coloured by its KL</h3>' + ''.join(samples), scale)
+        write_json(os.path.join(run_dir, 'results.json'), dict(
+            checkpoint=os.path.abspath(ckpt_path), iter_num=checkpoint['iter_num'], num_samples=n, metrics=metrics,
+            config=config, train_config=checkpoint['config'], lens_config=checkpoint['lens_config'],
+            explanations=explanations, kl_lens_per_sample=kl_lens.tolist()))
+        shown, tops = min(report_samples, n), top_pairs(tokenizer, logits_a, logits_recon)
+        scale = max(torch.quantile(kl_lens[:shown], 0.9).item(), 1e-6)
+        samples = [sample_html(tokenizer, tokens[b].tolist(), int(pos[b]), dict(kl=kl_lens[b].item(), explanation=explanations[b],
+                   top=tops[b]), tokenizer.decode(continuation[b].tolist()), scale) for b in range(shown)]
+        log_dir = os.path.dirname(run_dir) if os.path.isdir(ckpt_path) else run_dir  # train.py writes <run dir>/lens
+        val_report(os.path.join(run_dir, 'report.html'), note, table, extra, methods, kls_at_p,
+                   read_log(os.path.join(log_dir, 'log.jsonl')), samples, scale)

@@ -10,6 +10,7 @@ The batch stream, Gumbel noise and schedules are pure functions of (seed, rank, 
 resumed with init_from='resume' continues exactly as if it had never stopped.
 """
 import gc
+import json
 import math
 import os
 import re
@@ -32,7 +33,7 @@ from configurator import configure, given_keys
 from dump import Shards, TokenWindows, batch_indices, read_tokens, same_setting, start_ranks
 from lens import (Lens, LensConfig, explain_all, format_sample, load_checkpoint, newest_run, patched_kls,
                   reconstruction_metrics, save_lens_folder)
-from model import DTYPES, check_layer, compile_blocks, load_model, pick_dtype, use_tf32
+from model import DTYPES, check_layer, compile_blocks, load_model, next_token_logits, pick_dtype, use_tf32
 
 # -----------------------------------------------------------------------------
 # data and model (shared with dump.py and eval.py)
@@ -105,6 +106,7 @@ encoder_lr_mult = 1.0  # learning rate of the encoder's maps and prompts relativ
 # eval, logging, checkpoints
 eval_interval = 100
 periodic_eval_samples = 96  # the LAST val samples: best.pt is not picked on eval.py's (the first eval_samples)
+downstream_positions = 4  # the periodic eval's downstream KL at p+1..p+K, only p patched (as eval.py's)
 num_print_samples = 3
 log_interval = 10
 ckpt_interval = 100  # ckpt.pt, the newest, is what init_from='resume' continues from
@@ -175,6 +177,9 @@ num_val = num_val_samples if acts_source == 'tokens' else len(val_data)
 if not 0 <= kl_positions < ctx:
     raise SystemExit(f"kl_positions={kl_positions}: the KL after p reaches at most ctx - 1 = {ctx - 1} positions past p "
                      f"and 0 turns it off, pass e.g. --kl_positions=4")
+if not 1 <= downstream_positions < ctx:
+    raise SystemExit(f"downstream_positions={downstream_positions}: the periodic eval's KL after p needs 1 to ctx - 1 = "
+                     f"{ctx - 1} positions, pass e.g. --downstream_positions=4")
 if periodic_eval_samples > num_val:
     raise SystemExit(f"periodic_eval_samples={periodic_eval_samples} but the val split has {num_val}: "
                      f"lower --periodic_eval_samples")
@@ -342,28 +347,37 @@ def get_batch(it, micro_step):
 @torch.no_grad()
 def evaluate():
     """eval.py's measurement on the last periodic_eval_samples val samples, greedy explanations: the
-    lens's KL beside the KL of a shuffled explanation (sample i+1's Â: equal means the words carry
-    nothing about A) and of mean ablation (the scale), the fraction of distinct explanations, MSE and
-    FVE. Each rank takes a slice; the results are gathered on every rank."""
+    lens's KL at p beside the KL of the encoder reading the frozen LM's own top t_text next tokens (a lens
+    that only ties it writes down the model's output), of a shuffled explanation (sample i+1's Â: equal
+    means the words carry nothing about A) and of mean ablation (the scale); the same patches' KL summed
+    over p+1..p+downstream_positions (only p patched, over the samples with that many tokens after p); the
+    fraction of distinct explanations, MSE and FVE. Each rank takes a slice; the results are gathered on
+    every rank."""
     acts, tokens, pos = (t.to(device) for t in val_data.get(np.arange(len(val_data) - periodic_eval_samples + rank, len(val_data), world)))
     explanations, ids, recon = explain_all(raw_lens, acts, micro_batch)
+    chunks = lambda fn: torch.cat([fn(i, i + micro_batch) for i in range(0, len(acts), micro_batch)])
+    logits_own = chunks(lambda i, j: next_token_logits(lm, layer, tokens[i:j], pos[i:j])[0])
+    top = chunks(lambda i, j: raw_lens.encoder(logits_own[i:j].topk(t_text, -1).indices)).float()
     shuffled = recon.roll(-1, 0)  # sample i+1's Â, i+1 over the whole eval set: the same baseline on any number of ranks
     if ddp:  # rank r holds samples r, r + world, ...: its i+1 is the next rank's i (the first rank's i+1 for the last)
         everyone = [torch.empty_like(recon) for _ in range(world)]
         torch.distributed.all_gather(everyone, recon.contiguous())
         shuffled = everyone[(rank + 1) % world] if rank + 1 < world else everyone[0].roll(-1, 0)
-    patches = dict(lens=recon, text_shuffled=shuffled, mean=raw_lens.stats.mean.expand_as(acts))
-    kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, patches, micro_batch)
+    patches = dict(lens=recon, shuffled=shuffled, mean_ablation=raw_lens.stats.mean.expand_as(acts), text_top_tokens=top)
+    kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, patches, micro_batch, after=downstream_positions)
     samples = [format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b], logits_a[b], logits_recon[b])
                for b in range(min(len(acts), num_print_samples))]
-    kl, recon, acts = torch.stack(list(kls.values())).cpu(), recon.cpu(), acts.cpu()  # kl: [3, n]
+    # per sample: the KL at p and summed after it (NaN where the window ends before p + downstream_positions)
+    kl = torch.stack([torch.stack([k[:, 0], k[:, 1:].sum(1)], 1) for k in kls.values()]).cpu()  # [4, n, 2]
+    recon, acts = recon.cpu(), acts.cpu()
     if ddp:
         gathered = [None] * world
         torch.distributed.all_gather_object(gathered, [kl, recon, acts, explanations])
         kl, recon, acts = (torch.cat([g[i] for g in gathered], dim) for i, dim in ((0, 1), (1, 0), (2, 0)))
         explanations = [e for g in gathered for e in g[3]]
-    kl_lens, kl_shuffled, kl_mean = kl.mean(1).tolist()
-    return dict(kl=kl_lens, kl_shuffled=kl_shuffled, kl_mean_ablation=kl_mean,
+    at_p, downstream = kl[..., 0].mean(1).tolist(), kl[..., 1].nanmean(1).tolist()
+    return dict(**{'kl' if name == 'lens' else f'kl_{name}': v for name, v in zip(patches, at_p)},
+                **{'kl_downstream' if name == 'lens' else f'kl_downstream_{name}': v for name, v in zip(patches, downstream)},
                 explanations_unique=len(set(explanations)) / len(explanations),
                 **reconstruction_metrics(recon, acts)), samples
 
@@ -405,6 +419,43 @@ def save_latest():
             os.remove(os.path.join(run_dir, f'ckpt_{old}.pt'))
 
 
+def peak_memory_mib():
+    """The peak memory so far: allocated on the GPU, the process's resident set on a CPU."""
+    if device.startswith('cuda'):
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def open_log():
+    """<run dir>/log.jsonl, one JSON row per logged step and per periodic eval, for plots without wandb. A
+    resumed run keeps the rows its checkpoint has seen (train rows up to its iteration, evals before it:
+    the eval at that iteration runs again) and drops the rest, a line cut off by a kill included."""
+    path, kept = os.path.join(run_dir, 'log.jsonl'), []
+    if checkpoint and os.path.exists(path):
+        for line in open(path):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a killed run
+                continue
+            if row['iter'] < iter_num or row['iter'] == iter_num and row['split'] == 'train':
+                kept.append(json.dumps(row) + '\n')
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        f.writelines(kept)
+    os.replace(path + '.tmp', path)
+    return open(path, 'a')
+
+
+log_file = open_log() if master else None
+
+
+def log_row(**row):
+    """A row of log.jsonl, flushed at once: what a run measured is on disk whatever stops it."""
+    if master:
+        log_file.write(json.dumps(dict(iter=iter_num, **row)) + '\n')
+        log_file.flush()
+
+
 if wandb_log and master:
     import wandb
     run = wandb.init(project=wandb_project, name=run_name, config=config, mode=wandb_mode, id=wandb_run_id or wandb_id,
@@ -438,8 +489,11 @@ while True:
 
     if iter_num % eval_interval == 0 or last_step:
         metrics, samples = evaluate()
-        print0(f"eval iter {iter_num}: val KL {metrics['kl']:.4f}, shuffled explanation {metrics['kl_shuffled']:.4f}, "
-               f"mean ablation {metrics['kl_mean_ablation']:.4f} | distinct explanations "
+        log_row(split='val', **metrics)  # on disk before the console shows it
+        print0(f"eval iter {iter_num}: val KL {metrics['kl']:.4f}, the LM's top tokens {metrics['kl_text_top_tokens']:.4f}, "
+               f"shuffled explanation {metrics['kl_shuffled']:.4f}, mean ablation {metrics['kl_mean_ablation']:.4f} | "
+               f"KL p+1..p+{downstream_positions} {metrics['kl_downstream']:.4f}, mean ablation "
+               f"{metrics['kl_downstream_mean_ablation']:.4f} | distinct explanations "
                f"{metrics['explanations_unique']:.2f} | MSE {metrics['mse']:.4f} FVE {metrics['fve']:.4f}")
         for sample in samples:
             print0(sample)
@@ -495,14 +549,15 @@ while True:
         parts = {k: v.item() for k, v in parts.items()}
         step_time = np.mean(step_times[-log_interval:])
         optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text', 'kl_downstream') if k in parts)
-        memory = torch.tensor(float(torch.cuda.max_memory_allocated(device) if device.startswith('cuda') else
-                                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024), device=device)
+        memory = torch.tensor(peak_memory_mib(), device=device)
         if ddp:
             torch.distributed.all_reduce(memory, op=torch.distributed.ReduceOp.MAX)
+        log_row(split='train', **parts, lr=lr, tau=tau, alpha=alpha, samples_per_s=batch_size / step_time,
+                ms_per_iter=step_time * 1000, peak_memory_mib=memory.item())
         print0(f"iter {iter_num}: loss {parts['loss']:.4f} kl {parts['kl']:.4f} {optional}"
                f"ent {parts['entropy']:.3f} fve {parts['fve']:.3f} | tau {tau:.3f} alpha {alpha:.2f} lr {lr:.2e} | "
                f"{batch_size / step_time:.1f} samples/s, {step_time * 1000:.0f} ms/iter, "
-               f"peak {'CUDA memory' if device.startswith('cuda') else 'RSS'} {memory.item() / 2**20:,.0f} MiB per rank, "
+               f"peak {'CUDA memory' if device.startswith('cuda') else 'RSS'} {memory.item():,.0f} MiB per rank, "
                f"ETA {(max_iters - iter_num) * step_time / 60:.1f} min")
         if wandb_log and master:
             wandb.log({f'train/{k}': v for k, v in parts.items()} | dict(tau=tau, alpha=alpha, lr=lr,

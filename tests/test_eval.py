@@ -2,6 +2,7 @@
 HTML reports, the lens against its baselines) and every error that must stop it early.
 Run: pytest -q tests/test_eval.py"""
 import ast
+import base64
 import html
 import json
 import math
@@ -19,7 +20,8 @@ from model import frozen, load_model, next_token_logits, read_activations
 
 REQUIRED = ['explanations_unique', 'kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_next_tokens', 'kl_text_current_token', 'kl_text_shuffled', 'kl_text_empty',
             'fve', 'nll_explanation', 'nll_real_text', 'edit_rises', 'edit_rises_other', 'edit_logp_gain', 'edit_logp_gain_other']
-BASELINES = ['zero', 'mean', 'resample', 'text_prev_tokens', 'text_next_tokens', 'text_current_token', 'text_shuffled', 'text_empty']
+BASELINES = ['zero', 'mean', 'resample', 'text_prev_tokens', 'text_next_tokens', 'text_current_token', 'text_shuffled', 'text_empty',
+             'text_top_tokens', 'text_model_continuation']
 HOSTILE = 'Hi <script>alert(1)</script> & "quotes"\nline two'
 
 
@@ -74,6 +76,20 @@ def test_kl_in_batches_sorted_by_position_equals_one_call():
     assert (kls['zero'] > kls['lens']).float().mean() > 0.5  # the zero vector is the larger perturbation
 
 
+@pytest.mark.parametrize('name', ['tiny-gpt2', 'tiny-llama'])
+def test_model_continuation_is_greedy_generation_from_each_windows_own_prefix(name):
+    lm, _ = load_model(name)
+    generator = torch.Generator().manual_seed(0)
+    tokens, pos = torch.randint(0, 256, (7, 20), generator=generator), torch.tensor([3, 19, 0, 10, 7, 15, 3])
+    ids, logits_at_p = ev.model_continuation(lm, tokens, pos, 5, batch_size=3)  # padded batches, in order of p
+    for b in range(7):  # one sample at a time, no padding, no cache: an independent path to the same tokens
+        sequence = tokens[b, :pos[b] + 1]
+        for _ in range(5):
+            sequence = torch.cat([sequence, lm(sequence[None]).logits[0, -1].argmax()[None]])
+        assert torch.equal(ids[b], sequence[pos[b] + 1:]), b
+    torch.testing.assert_close(logits_at_p, next_token_logits(lm, 1, tokens, pos)[0], rtol=1e-4, atol=1e-4)
+
+
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
     """A random byte corpus, a tiny-gpt2 dump at block 2, a lens trained for 60 iterations, and the
@@ -103,11 +119,17 @@ def test_results_json_holds_every_metric_and_baseline(run):
         assert isinstance(m[key], float) and math.isfinite(m[key]), key
     for b in BASELINES:
         assert {f'kl_{b}_recovered', f'mse_{b}', f'fve_{b}', f'cos_{b}', f'norm_ratio_{b}'} <= set(m)
+    assert m['kl_recovered_zero'] == m['kl_zero_recovered'] == pytest.approx(1 - m['kl_lens'] / m['kl_zero'])
+    for b in ['lens'] + BASELINES:  # summed over p+1..p+4, and per offset
+        assert len(m[f'kl_downstream_{b}_per_offset']) == 4 and m[f'kl_downstream_{b}'] == pytest.approx(sum(m[f'kl_downstream_{b}_per_offset']))
+    assert m['downstream_positions'] == 4 and m['downstream_samples'] + m['downstream_left_out'] == 200
+    assert 0 < m['downstream_left_out'] < 200  # ctx 32, p from 2 to 31: some windows end within 4 tokens of p
     assert m['fve_mean'] == pytest.approx(0.0, abs=0.05)  # the train mean on val data
     assert len(results['explanations']) == len(results['kl_lens_per_sample']) == 200
     assert m['explanations_unique'] == len(set(results['explanations'])) / 200  # over every sample, not the report's
     assert set(m['kl_best_of_k']) == {'1', '2', '3'}  # 1, 2 and best_of_k itself
-    for label in ('KL mean', 'KL recovered by lens', 'FVE', 'NLL/token of real text', 'best of 3'):
+    for label in ('KL mean', 'KL recovered by lens', 'KL p+1..p+4 summed', 'KL at p+4', 'FVE', 'NLL/token of real text',
+                  'best of 3', 'SAELens kl_div_score'):
         assert label in run['shards']
     assert run['shards'].strip().splitlines()[-1].endswith('report.html')
 
@@ -120,7 +142,12 @@ def test_the_trained_lens_beats_resample_and_mean_ablation(run):
 
 def test_shard_report_shows_the_table_and_samples(run):
     page = (run['run_dir'] / 'report.html').read_text()
-    assert page.count('<script>') == 1 and 'http' not in page and 'src=' not in page  # offline, one inline script
+    assert page.count('<script>') == 1 and 'http' not in page  # offline, one inline script
+    images = re.findall(r'<img alt="([^"]+)" src="([^"]*)"', page)
+    assert [alt for alt, _ in images] == ['learning curve', 'per-sample KL distributions', 'KL per offset after p']
+    assert page.count('src=') == 3 and all(src.startswith('data:image/png;base64,') for _, src in images)
+    for _, src in images:  # each a real PNG, inline
+        assert base64.b64decode(src.split(',', 1)[1])[:8] == b'\x89PNG\r\n\x1a\n'
     for name in ['lens'] + BASELINES:
         assert f'<th>{name}</th>' in page
     assert page.count('class="sample"') == 40
@@ -148,6 +175,7 @@ def test_text_report_holds_every_token_and_explanation_escaped(run):
     ([f'--text={"x" * 129}'], "longer than tiny-gpt2's context of 128"),
     (['--text_file=/no/such/file.txt'], 'not found'),
     (['--edit= the ball'], 'an edit replaces the explanation of a token of a text'),
+    (['--downstream_positions=32'], 'downstream_positions=32: the KL after p needs 1 to ctx - 1 = 31 positions'),
 ])
 def test_errors_name_cause_and_fix(run, args, message):
     proc = run_script('eval.py', *run['common'], *args, check=False)
@@ -182,6 +210,7 @@ def test_a_lens_folder_explains_and_measures_as_its_checkpoint(run, shared):
     got, want = (json.load(open(folder / 'results.json')) for folder in (shared, run['run_dir']))
     assert got['metrics'] == want['metrics'] and got['explanations'] == want['explanations']
     assert {'config.json', 'lens.safetensors', 'report.html', 'report_text.html'} <= set(os.listdir(shared))
+    assert '<img alt="learning curve"' in (shared / 'report.html').read_text()  # from <run dir>/log.jsonl, above the folder
     proc = run_script('eval.py', *run['common'], f'--lens={shared}', '--layer=1', check=False)
     assert proc.returncode == 1 and "explains block 2 of tiny-gpt2, but this run has model='tiny-gpt2' layer=1" in proc.stderr
     assert 'or pass another --lens' in proc.stderr

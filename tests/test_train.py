@@ -1,5 +1,6 @@
 """train.py end to end on tiny-gpt2: resume exactness, SIGTERM, DDP, unfreezing, user errors.
 Run: pytest -q tests/test_train.py"""
+import json
 import math
 import os
 import re
@@ -59,6 +60,45 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(shards):
     for key in whole:
         torch.testing.assert_close(cut[key], whole[key], rtol=0, atol=1e-6)
     assert any((whole[k] - torch.eye(len(whole[k]))).abs().max() > 1e-4 for k in whole if k.endswith('proj.weight'))
+
+
+def read_log(out, run_name):
+    with open(os.path.join(out, run_name, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+TIMING = ('samples_per_s', 'ms_per_iter', 'peak_memory_mib')
+
+
+def test_log_jsonl_of_a_run_killed_and_resumed_equals_an_uninterrupted_runs(shards):
+    settings = TRAIN | dict(out_dir=shards, ckpt_interval=4)
+    train(shards, 'log_whole', ckpt_interval=4)
+    whole = read_log(shards, 'log_whole')
+    # a row per log_interval steps and per eval (iterations 0, 6, 12), each with what the issue asks for
+    assert [(r['split'], r['iter']) for r in whole] == [('val', 0), ('train', 2), ('train', 4), ('train', 6), ('val', 6),
+                                                         ('train', 8), ('train', 10), ('train', 12), ('val', 12)]
+    assert {'loss', 'kl', 'entropy', 'fve', 'lr', 'tau', 'alpha', *TIMING} <= set(whole[1])
+    assert {'kl', 'kl_shuffled', 'kl_mean_ablation', 'kl_text_top_tokens', 'kl_downstream', 'kl_downstream_mean_ablation',
+            'explanations_unique', 'fve'} <= set(whole[0])
+    assert whole[0]['kl'] == pytest.approx(whole[0]['kl_mean_ablation'])  # iteration 0 is mean ablation
+    proc = subprocess.Popen([sys.executable, 'train.py', *args(settings | dict(run_name='log_cut'))], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    for line in proc.stdout:
+        if line.startswith('iter 10:'):  # ckpt.pt of iteration 8 is written: the rows after it are stale
+            proc.kill()
+            break
+    proc.wait()
+    path = os.path.join(shards, 'log_cut', 'log.jsonl')
+    assert '"iter": 10, "split": "train"' in open(path).read()  # a stale row, written after the checkpoint
+    with open(path, 'a') as f:
+        f.write('{"iter": 11, "split": "tra')  # a row cut off by the kill
+    run_script('train.py', *args(settings | dict(run_name='log_cut', init_from='resume')))
+    resumed = read_log(shards, 'log_cut')
+    assert [(r['split'], r['iter']) for r in resumed] == [(r['split'], r['iter']) for r in whole]
+    for got, want in zip(resumed, whole):
+        assert set(got) == set(want)
+        assert [got[k] for k in want if k not in TIMING + ('split',)] == pytest.approx(
+            [want[k] for k in want if k not in TIMING + ('split',)], rel=1e-4, abs=1e-6)
 
 
 UNFREEZING = dict(max_iters=4, unfreeze_at=2, ckpt_interval=3, keep_last=2)  # ckpt_3.pt: a step after unfreezing
@@ -229,6 +269,7 @@ def test_training_from_tokens_equals_training_from_the_dump(shards, tmp_path):
     (dict(lr_schedule='step'), "lr_schedule='step': use one of cosine, linear, polynomial"),
     (dict(kl_positions=32), 'kl_positions=32: the KL after p reaches at most ctx - 1 = 31'),
     (dict(fsdp=True), "fsdp=True shards the LM copies over the ranks of torchrun"),
+    (dict(downstream_positions=0), "downstream_positions=0: the periodic eval's KL after p needs 1 to ctx - 1 = 31"),
 ])
 def test_user_errors(shards, change, message):
     proc = run_script('train.py', *args(TRAIN | dict(out_dir=shards, run_name='bad') | change), check=False)
@@ -280,6 +321,6 @@ def test_the_lens_words_carry_each_activations_own_information(tmp_path):
         # the defaults are for a pretrained LM on real text: random bytes have no next token to warm-start on,
         # and a random model has no induction heads to re-read the words with, so they go last
         warm_start_weight=0.0, encoder_prompt='Summary: <text>'))).stdout
-    final = re.findall(r'val KL (\S+), shuffled explanation (\S+),', log)[-1]
-    kl, kl_shuffled = float(final[0]), float(final[1].rstrip(','))
-    assert kl < 0.92 * kl_shuffled, log[-1500:]
+    final = read_log(out, 'tiny')[-1]
+    assert final['split'] == 'val' and final['iter'] == 120 and re.search(r"the LM's top tokens \d", log)
+    assert final['kl'] < 0.92 * final['kl_shuffled'], log[-1500:]
