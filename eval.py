@@ -25,6 +25,9 @@ measured is paired with sample i+1 (mod n) wherever a baseline needs "another sa
                     logits, most likely first): a lens that only ties it writes down the model's output
   text_model_continuation  the encoder reading the frozen LM's own greedy t_text-token continuation of
                     tokens 0..p of the window
+  text_current_and_top_tokens, text_current_and_continuation  the token at p, then the first t_text - 1
+                    of those: what a decoder that names p's token and then the model's own prediction
+                    would write (the lens to beat where the words start at p, warm_start_target='current')
 KL recovered vs a baseline = 1 - KL_lens / KL_baseline, over the means (kl_recovered_zero, against zero
 ablation, is SAELens' kl_div_score).
 Downstream: with only p patched, the KL at p+1..p+downstream_positions, where later tokens read p's
@@ -221,10 +224,15 @@ def baseline_patches(lens, lm, acts, tokens, pos, ids, recon, batch_size):
     previous, following = real_text(tokens, pos, t_text)
     continuation, logits_at_p = model_continuation(lm, tokens, pos, t_text, batch_size)
     read = lambda rows: batched(lens.encoder, batch_size, rows).float()
+    current, top = tokens.gather(1, pos[:, None]), logits_at_p.topk(t_text, -1).indices
+    # what a decoder that writes the token at p and then the model's own prediction would write: the
+    # skeptic's baselines for a lens whose words start at p (warm_start_target='current')
     patches = dict(zero=torch.zeros_like(acts), mean=lens.stats.mean.expand_as(acts), resample=acts[partner],
                    text_prev_tokens=by_length(previous, lens.encoder, batch_size).float(),
-                   text_current_token=read(tokens.gather(1, pos[:, None])), text_shuffled=recon[partner],
-                   text_top_tokens=read(logits_at_p.topk(t_text, -1).indices), text_model_continuation=read(continuation))
+                   text_current_token=read(current), text_shuffled=recon[partner],
+                   text_top_tokens=read(top), text_model_continuation=read(continuation),
+                   text_current_and_top_tokens=read(torch.cat([current, top[:, :-1]], 1)),
+                   text_current_and_continuation=read(torch.cat([current, continuation[:, :-1]], 1)))
     if lens.encoder.prompt_prefix is not None or lens.encoder.prompt_postfix is not None:
         patches['text_next_tokens'] = by_length(following, lens.encoder, batch_size).float()
         patches['text_empty'] = lens.encoder(ids[:1, :0]).float().expand_as(acts)
@@ -287,6 +295,8 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
                     nll_explanation=nll_explanation.mean().item(), nll_real_text=nll_real.mean().item(),
                     distinct_ratio=distinct_ratio(ids), explanations_unique=len(set(explanations)) / n,
                     first_word_is_top_token=(ids[:, 0] == logits_a.argmax(-1)).float().mean().item(),
+                    first_word_is_current_token=(ids[:, 0] == tokens.gather(1, pos[:, None])[:, 0]).float().mean().item(),
+                    lens_beats_current_token=(kls_at_p['lens'] < kls_at_p['text_current_token']).float().mean().item(),
                     lens_beats_model_continuation=(kls_at_p['lens'] < kls_at_p['text_model_continuation']).float().mean().item(),
                     kl_best_of_k={str(k): sampled_kls[:k].min(0).values.mean().item() for k in curve}, **steered)
     return metrics, methods, {name: kls_at_p[name] for name in patches}, explanations, continuation, logits_a, logits_recon
@@ -351,6 +361,8 @@ def extra_lines(metrics, t_text):
     lines = [('KL recovered vs zero ablation (SAELens kl_div_score)', metrics['kl_recovered_zero']),
              ("first word of the explanation = the LM's top next token", metrics['first_word_is_top_token']),
              ("samples where the lens beats the LM's own continuation", metrics['lens_beats_model_continuation']),
+             ("first word of the explanation = the token at p", metrics['first_word_is_current_token']),
+             ("samples where the lens beats the token at p alone", metrics['lens_beats_current_token']),
              (f"samples with {metrics['downstream_positions']} tokens after p (downstream KL; "
               f"{metrics['downstream_left_out']} left out)", metrics['downstream_samples']),
              ('NLL/token of the explanations after the natural prefix', metrics['nll_explanation']),
@@ -388,8 +400,8 @@ def png(fig, alt):
 
 
 def plot_learning_curve(rows):
-    """Val KL at p of the lens, a shuffled explanation, mean ablation and the LM's top tokens against iteration,
-    and the training batches' KL."""
+    """Val KL at p of the lens, a shuffled explanation, mean ablation, the LM's top tokens and the token at p
+    against iteration, and the training batches' KL."""
     from matplotlib.figure import Figure
     fig = Figure(figsize=(6.5, 3.4))
     ax = fig.subplots()
@@ -397,7 +409,7 @@ def plot_learning_curve(rows):
     if train:
         ax.plot(*zip(*train), color='0.75', lw=1, label='train batch KL')
     for key, label in (('kl', 'lens'), ('kl_shuffled', 'shuffled explanation'), ('kl_mean_ablation', 'mean ablation'),
-                       ('kl_text_top_tokens', "the LM's top tokens")):
+                       ('kl_text_top_tokens', "the LM's top tokens"), ('kl_text_current_token', 'the token at p')):
         points = [(r['iter'], r[key]) for r in rows if r['split'] == 'val' and key in r]
         if points:
             ax.plot(*zip(*points), marker='o', ms=3, label=label)

@@ -44,6 +44,7 @@ class LensConfig:
     patch_first_k: int = 0  # also overwrite the slot at the input of the first k blocks
     patch_at_layer: bool = True  # also write A itself at the slot where the LM reads block `layer`'s output
     encoder_init: str = 'zero'  # W_e at the start: 'identity' (Â = h) or 'zero' (Â = mean: iteration 0 is mean ablation)
+    encoder_reads: str = 'last'  # 'last' position, or 'first_and_last': also the first word's, through a map starting as the identity
 
     def __post_init__(self):
         if self.encoder_layer == -1:
@@ -57,6 +58,9 @@ class LensConfig:
         if self.encoder_init not in ('identity', 'zero'):
             raise SystemExit(f"encoder_init={self.encoder_init!r}: use 'identity' (Â starts as h) "
                              f"or 'zero' (Â starts at the mean)")
+        if self.encoder_reads not in ('last', 'first_and_last'):
+            raise SystemExit(f"encoder_reads={self.encoder_reads!r}: use 'last' (Â from the last position) or "
+                             f"'first_and_last' (also from the first word's)")
         if self.t_text < 1:
             raise SystemExit(f"t_text={self.t_text}: an explanation needs at least one token, pass --t_text=10")
 
@@ -220,7 +224,11 @@ class Encoder(WithLM):
     """Â = mean + scale * W_e((h - mean) / scale), h block K's output at the last position, standardised
     by A's statistics (K is layer by default: h lives where A does, and without its shared mean the
     per-sample part of h is not drowned by a few near-constant massive dimensions). W_e starts at zero,
-    so an untrained encoder gives the mean activation: iteration 0 is mean ablation."""
+    so an untrained encoder gives the mean activation: iteration 0 is mean ablation.
+    encoder_reads='first_and_last' adds W_f((h_first - mean) / scale), h_first block K's output at the
+    first word, W_f starting as the identity: where the words begin with the token at p, that state is
+    the LM holding p's token after a short prefix, which is what later positions read from p
+    (docs/experiments.md: the token at p alone, read so, gives them 0.53x mean ablation's KL)."""
 
     def __init__(self, cfg, lm, tokenizer, stats):
         super().__init__(lm)
@@ -229,7 +237,11 @@ class Encoder(WithLM):
         self.__dict__['stats'] = stats  # the Lens's buffers, not saved twice
         self.prompt_prefix = prompt_parameter(lm, tokenizer, prefix)
         self.prompt_postfix = prompt_parameter(lm, tokenizer, postfix)
-        self.proj = square_linear(lm.get_input_embeddings().embedding_dim, identity=cfg.encoder_init == 'identity')
+        d = lm.get_input_embeddings().embedding_dim
+        self.proj = square_linear(d, identity=cfg.encoder_init == 'identity')
+        # the first word's hidden state is the LM holding that word as its current token, as A holds p's
+        self.first_proj = square_linear(d, identity=True) if cfg.encoder_reads == 'first_and_last' else None
+        self.first = 0 if self.prompt_prefix is None else len(self.prompt_prefix)
 
     def unfreeze(self, grad_checkpointing=False, shard=None):
         super().unfreeze(grad_checkpointing, shard, last_block=self.layer)
@@ -237,8 +249,12 @@ class Encoder(WithLM):
     def forward(self, text):
         """Â from the explanation: `text` is one-hot rows [B, T, V] (gradients flow) or token ids [B, T]."""
         sequence = batch_cat(len(text), self.prompt_prefix, embed(self.lm, text), self.prompt_postfix)
-        hidden = block_output(self.lm, self.layer, inputs_embeds=sequence.to(compute_dtype(self.lm)))[:, -1].float()
-        return self.stats.mean + self.stats.scale * self.proj((hidden - self.stats.mean) / self.stats.scale)
+        hidden = block_output(self.lm, self.layer, inputs_embeds=sequence.to(compute_dtype(self.lm))).float()
+        standard = (hidden - self.stats.mean) / self.stats.scale
+        read = self.proj(standard[:, -1])
+        if self.first_proj is not None:
+            read = read + self.first_proj(standard[:, self.first])
+        return self.stats.mean + self.stats.scale * read
 
 
 class ActivationStats(nn.Module):
@@ -266,10 +282,10 @@ class ActivationStats(nn.Module):
 
 
 def real_tokens(tokens, pos, n, which):
-    """The n real tokens of each window ending at p ('previous'), following it ('next') or around it, p the
-    (n//2)-th of them ('around'), [B, n], with -100 (cross-entropy's ignore index) outside the window, and whether a
+    """The n real tokens of each window ending at p ('previous'), starting at it ('current'), following it
+    ('next') or around it, p the (n//2)-th of them ('around'), [B, n], with -100 (cross-entropy's ignore index) outside the window, and whether a
     row is complete [B]."""
-    first = dict(previous=1 - n, next=1, around=1 - n // 2)[which]
+    first = dict(previous=1 - n, current=0, next=1, around=1 - n // 2)[which]
     offset = pos[:, None] + torch.arange(n, device=pos.device) + first
     outside = (offset < 0) | (offset >= tokens.shape[1])
     rows = tokens.gather(1, offset.clamp(0, tokens.shape[1] - 1)).masked_fill(outside, -100)

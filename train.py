@@ -67,6 +67,7 @@ encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
 patch_first_k = 0  # also overwrite the decoder's slot at the input of the first k blocks
 patch_at_layer = True  # also write A at the decoder's slot where the LM reads block `layer`'s output
 encoder_init = 'zero'  # the encoder's map at the start: 'identity' (Â = h) or 'zero' (Â = the mean A)
+encoder_reads = 'last'  # or 'first_and_last': Â also reads the first word's hidden state (a map starting as the identity)
 # loss weights and their schedules, in iterations
 w_kl = 1.0
 w_lm = 0.01  # fluency weight, times alpha: its target ignores A, and at 1.0 it pulled the words away from A (docs/experiments.md)
@@ -78,7 +79,7 @@ kl_positions = 0  # also the KL at the K positions after p, only p patched: late
 w_downstream = 1.0  # weight of that KL, summed over the K positions
 warm_start_weight = 1.0  # the decoder's cross-entropy for writing the real tokens after p (and the encoder's KL
 warm_start_iters = 100  # reading them), decayed linearly to 0 over these iterations: a per-sample signal from step 0
-warm_start_target = 'next'  # the real tokens it writes and reads: 'next' (after p), 'previous' (ending at p) or 'around' p
+warm_start_target = 'next'  # the real tokens it writes and reads: 'next' (after p), 'current' (from p), 'previous' (ending at p) or 'around' p
 resample_ablation = False  # patch Â + (A' - Â') with A' another sample of the batch
 tau_start = 1.0  # Gumbel-softmax temperature: held for tau_hold_iters, then decays to tau_end
 tau_end = 0.1
@@ -141,9 +142,9 @@ if grad_checkpointing and unfreeze_at < 0:
     raise SystemExit("grad_checkpointing=True recomputes the activations of the unfrozen LM copies, and with "
                      "unfreeze_at=-1 there are none (the frozen LM stores no weight gradients): set unfreeze_at, "
                      "or drop grad_checkpointing")
-if warm_start_target not in ('previous', 'next', 'around'):
-    raise SystemExit(f"warm_start_target={warm_start_target!r}: use 'previous' (the tokens ending at p), 'next' (after p) "
-                     f"or 'around' (p in the middle)")
+if warm_start_target not in ('previous', 'current', 'next', 'around'):
+    raise SystemExit(f"warm_start_target={warm_start_target!r}: use 'previous' (the tokens ending at p), 'current' (from p), "
+                     f"'next' (after p) or 'around' (p in the middle)")
 if device.startswith('cuda'):
     use_tf32()
 
@@ -348,7 +349,8 @@ def get_batch(it, micro_step):
 def evaluate():
     """eval.py's measurement on the last periodic_eval_samples val samples, greedy explanations: the
     lens's KL at p beside the KL of the encoder reading the frozen LM's own top t_text next tokens (a lens
-    that only ties it writes down the model's output), of a shuffled explanation (sample i+1's Â: equal
+    that only ties it writes down the model's output), of the encoder reading the token at p alone (a lens
+    whose words start at p must beat it), of a shuffled explanation (sample i+1's Â: equal
     means the words carry nothing about A) and of mean ablation (the scale); the same patches' KL summed
     over p+1..p+downstream_positions (only p patched, over the samples with that many tokens after p); the
     fraction of distinct explanations, MSE and FVE. Each rank takes a slice; the results are gathered on
@@ -358,17 +360,19 @@ def evaluate():
     chunks = lambda fn: torch.cat([fn(i, i + micro_batch) for i in range(0, len(acts), micro_batch)])
     logits_own = chunks(lambda i, j: next_token_logits(lm, layer, tokens[i:j], pos[i:j])[0])
     top = chunks(lambda i, j: raw_lens.encoder(logits_own[i:j].topk(t_text, -1).indices)).float()
+    current = chunks(lambda i, j: raw_lens.encoder(tokens[i:j].gather(1, pos[i:j, None]))).float()
     shuffled = recon.roll(-1, 0)  # sample i+1's Â, i+1 over the whole eval set: the same baseline on any number of ranks
     if ddp:  # rank r holds samples r, r + world, ...: its i+1 is the next rank's i (the first rank's i+1 for the last)
         everyone = [torch.empty_like(recon) for _ in range(world)]
         torch.distributed.all_gather(everyone, recon.contiguous())
         shuffled = everyone[(rank + 1) % world] if rank + 1 < world else everyone[0].roll(-1, 0)
-    patches = dict(lens=recon, shuffled=shuffled, mean_ablation=raw_lens.stats.mean.expand_as(acts), text_top_tokens=top)
+    patches = dict(lens=recon, shuffled=shuffled, mean_ablation=raw_lens.stats.mean.expand_as(acts), text_top_tokens=top,
+                   text_current_token=current)
     kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, patches, micro_batch, after=downstream_positions)
     samples = [format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b], logits_a[b], logits_recon[b])
                for b in range(min(len(acts), num_print_samples))]
     # per sample: the KL at p and summed after it (NaN where the window ends before p + downstream_positions)
-    kl = torch.stack([torch.stack([k[:, 0], k[:, 1:].sum(1)], 1) for k in kls.values()]).cpu()  # [4, n, 2]
+    kl = torch.stack([torch.stack([k[:, 0], k[:, 1:].sum(1)], 1) for k in kls.values()]).cpu()  # [patches, n, 2]
     recon, acts = recon.cpu(), acts.cpu()
     if ddp:
         gathered = [None] * world
@@ -491,7 +495,7 @@ while True:
         metrics, samples = evaluate()
         log_row(split='val', **metrics)  # on disk before the console shows it
         print0(f"eval iter {iter_num}: val KL {metrics['kl']:.4f}, the LM's top tokens {metrics['kl_text_top_tokens']:.4f}, "
-               f"shuffled explanation {metrics['kl_shuffled']:.4f}, mean ablation {metrics['kl_mean_ablation']:.4f} | "
+               f"the token at p {metrics['kl_text_current_token']:.4f}, shuffled explanation {metrics['kl_shuffled']:.4f}, mean ablation {metrics['kl_mean_ablation']:.4f} | "
                f"KL p+1..p+{downstream_positions} {metrics['kl_downstream']:.4f}, mean ablation "
                f"{metrics['kl_downstream_mean_ablation']:.4f} | distinct explanations "
                f"{metrics['explanations_unique']:.2f} | MSE {metrics['mse']:.4f} FVE {metrics['fve']:.4f}")

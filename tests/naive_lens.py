@@ -31,8 +31,12 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
         enc.lm(inputs_embeds=batch_cat(B, enc.prompt_prefix, embed(enc.lm, one_hot), enc.prompt_postfix).to(compute_dtype(enc.lm)))
     finally:
         handle.remove()
-    standard = (captured[0][:, -1].float() - lens.stats.mean) / lens.stats.scale
-    recon = lens.stats.mean + lens.stats.scale * enc.proj(standard)
+    standard = (captured[0].float() - lens.stats.mean) / lens.stats.scale
+    read = enc.proj(standard[:, -1])
+    if lens.cfg.encoder_reads == 'first_and_last':
+        first_word = 0 if enc.prompt_prefix is None else len(enc.prompt_prefix)
+        read = read + enc.first_proj(standard[:, first_word])
+    recon = lens.stats.mean + lens.stats.scale * read
 
     rows = torch.arange(B, device=tokens.device)
     window = lambda: full_precision_logits(lm, lm.base_model(input_ids=tokens).last_hidden_state)

@@ -21,7 +21,7 @@ from model import frozen, load_model, next_token_logits, read_activations
 REQUIRED = ['explanations_unique', 'kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_next_tokens', 'kl_text_current_token', 'kl_text_shuffled', 'kl_text_empty',
             'fve', 'nll_explanation', 'nll_real_text', 'edit_rises', 'edit_rises_other', 'edit_logp_gain', 'edit_logp_gain_other']
 BASELINES = ['zero', 'mean', 'resample', 'text_prev_tokens', 'text_next_tokens', 'text_current_token', 'text_shuffled', 'text_empty',
-             'text_top_tokens', 'text_model_continuation']
+             'text_top_tokens', 'text_model_continuation', 'text_current_and_top_tokens', 'text_current_and_continuation']
 HOSTILE = 'Hi <script>alert(1)</script> & "quotes"\nline two'
 
 
@@ -109,6 +109,24 @@ def run(tmp_path_factory):
     return dict(root=root, out=out, common=common, run_dir=out / 'r1', shards=shards.stdout, text=text.stdout)
 
 
+def test_the_model_baselines_read_its_own_top_tokens_and_continuation_after_the_token_at_p():
+    lm, tokenizer = load_model('tiny-llama')
+    tokens = torch.randint(0, 200, (5, 16), generator=torch.Generator().manual_seed(1))
+    pos = torch.tensor([3, 9, 4, 15, 7])
+    acts = read_activations(lm, 1, tokens, pos)
+    lens = Lens(LensConfig(layer=1, t_text=4, encoder_init='identity'), lm, tokenizer)
+    lens.stats.set(acts)
+    patches, continuation = ev.baseline_patches(lens, lm, acts, tokens, pos, torch.zeros(5, 4, dtype=torch.long), acts, 2)
+    top = next_token_logits(lm, 1, tokens, pos)[0].topk(4, -1).indices  # the LM's own logits at p, another path
+    current = tokens[torch.arange(5), pos][:, None]
+    expected = dict(text_top_tokens=top, text_model_continuation=continuation, text_current_token=current,
+                    text_current_and_top_tokens=torch.cat([current, top[:, :3]], 1),
+                    text_current_and_continuation=torch.cat([current, continuation[:, :3]], 1))
+    for name, words in expected.items():
+        torch.testing.assert_close(patches[name], lens.encoder(words).float(), msg=name)
+    assert not torch.allclose(patches['text_current_and_top_tokens'], patches['text_top_tokens'])
+
+
 def test_results_json_holds_every_metric_and_baseline(run):
     assert 'checkpoint: ' in run['shards'] and 'r1/best.pt' in run['shards']  # found the only run by itself
     assert 'the val split has 200 samples: measuring all 200' in run['shards']
@@ -128,6 +146,8 @@ def test_results_json_holds_every_metric_and_baseline(run):
     assert len(results['explanations']) == len(results['kl_lens_per_sample']) == 200
     assert m['explanations_unique'] == len(set(results['explanations'])) / 200  # over every sample, not the report's
     assert set(m['kl_best_of_k']) == {'1', '2', '3'}  # 1, 2 and best_of_k itself
+    for key in ('first_word_is_top_token', 'first_word_is_current_token', 'lens_beats_current_token', 'lens_beats_model_continuation'):
+        assert 0 <= m[key] <= 1, key
     for label in ('KL mean', 'KL recovered by lens', 'KL p+1..p+4 summed', 'KL at p+4', 'FVE', 'NLL/token of real text',
                   'best of 3', 'SAELens kl_div_score'):
         assert label in run['shards']

@@ -203,6 +203,7 @@ def test_compiled_blocks_compile_once_for_all_blocks_and_not_again_for_a_new_bat
     (dict(layer=9), 'layer=9 is out of range: this model has blocks 0..3'),
     (dict(encoder_layer=-2), 'encoder_layer=-2 is out of range'),
     (dict(encoder_init='eye'), "encoder_init='eye': use 'identity' (Â starts as h) or 'zero'"),
+    (dict(encoder_reads='first'), "encoder_reads='first': use 'last' (Â from the last position) or 'first_and_last'"),
 ])
 def test_bad_lens_settings(change, message):
     lm, tokenizer = load_model('tiny-gpt2')
@@ -273,19 +274,22 @@ def test_prefix_mask_is_causal_over_real_tokens_and_never_masks_a_whole_row(wind
             assert allowed[b, i].tolist() == expected
 
 
-@pytest.mark.parametrize('name, warm_target', [('tiny-gpt2', 'previous'), ('tiny-llama', 'next'), ('tiny-qwen2', 'previous'),
-                                               ('tiny-gemma2', 'next'), ('tiny-neox', 'around')])
-def test_lens_forward_equals_the_naive_reference(name, warm_target):
+@pytest.mark.parametrize('name, warm_target, encoder_reads', [
+    ('tiny-gpt2', 'previous', 'last'), ('tiny-llama', 'next', 'first_and_last'), ('tiny-qwen2', 'previous', 'last'),
+    ('tiny-gemma2', 'next', 'last'), ('tiny-neox', 'around', 'last'), ('tiny-gpt2', 'current', 'first_and_last')])
+def test_lens_forward_equals_the_naive_reference(name, warm_target, encoder_reads):
     """Every cheap path of Lens.forward (KV-cached decoding, early-exit encoder, one-position KL with its
     left-padded prefix, the KL at the positions after p) against tests/naive_lens.py, losses and gradients, with every slot write on."""
     from naive_lens import naive_forward
     lm, tokenizer = load_model(name)
     acts, tokens, pos = batch(lm)
     # a decoder prompt longer than tiny-gemma2's sliding window of 8, so cached decoding crosses it
-    lens = Lens(LensConfig(layer=LAYER, encoder_layer=2, t_text=4, patch_first_k=1,
+    lens = Lens(LensConfig(layer=LAYER, encoder_layer=2, t_text=4, patch_first_k=1, encoder_reads=encoder_reads,
                            decoder_prompt='<|endoftext|>In short: <embed>'), lm, tokenizer)
     lens.stats.set(acts)
     torch.nn.init.normal_(lens.encoder.proj.weight, std=0.05)
+    if encoder_reads == 'first_and_last':
+        torch.nn.init.normal_(lens.encoder.first_proj.weight, std=0.05)
     weights = dict(tau=0.7, w_lm=0.5, w_entropy=0.1, w_mse=0.2, w_warm=0.3, warm_target=warm_target, kl_positions=3, w_downstream=2.0)
     results = []
     for forward in (lens, lambda *a, **k: naive_forward(lens, *a, **k)):
@@ -300,10 +304,25 @@ def test_lens_forward_equals_the_naive_reference(name, warm_target):
         torch.testing.assert_close(g, h, rtol=1e-3, atol=1e-4 * h.abs().max().item() + 1e-9, msg=n)
 
 
+def test_reading_the_first_word_starts_as_the_lm_holding_it_as_its_current_token():
+    """encoder_reads='first_and_last' with the last position's map at zero: Â is block K's output at the
+    first word, as if the LM had read the encoder's prefix and that word only (what the words after it
+    and the postfix add comes only through the trained map of the last position)."""
+    from model import block_output
+    lm, tokenizer = load_model('tiny-llama')
+    lens = Lens(LensConfig(layer=LAYER, encoder_reads='first_and_last'), lm, tokenizer)
+    lens.stats.set(batch(lm)[0])
+    words = torch.tensor([[5, 17, 9], [11, 3, 30]])
+    prefix = torch.tensor(tokenizer.encode(lens.cfg.encoder_prompt.split('<text>')[0]))
+    alone = block_output(lm, LAYER, input_ids=torch.cat([prefix.expand(2, -1), words[:, :1]], 1))[:, -1]
+    torch.testing.assert_close(lens.encoder(words), alone.float(), rtol=1e-4, atol=1e-4)
+
+
 def test_real_tokens_by_value():
     from lens import real_tokens
     tokens, pos = torch.arange(10)[None].expand(2, -1) + 100, torch.tensor([1, 8])
     for which, expected in (('previous', [[-100, -100, 100, 101], [105, 106, 107, 108]]),
+                            ('current', [[101, 102, 103, 104], [108, 109, -100, -100]]),
                             ('next', [[102, 103, 104, 105], [109, -100, -100, -100]]),
                             ('around', [[100, 101, 102, 103], [107, 108, 109, -100]])):
         rows, complete = real_tokens(tokens, pos, 4, which)

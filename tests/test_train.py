@@ -78,7 +78,7 @@ def test_log_jsonl_of_a_run_killed_and_resumed_equals_an_uninterrupted_runs(shar
     assert [(r['split'], r['iter']) for r in whole] == [('val', 0), ('train', 2), ('train', 4), ('train', 6), ('val', 6),
                                                          ('train', 8), ('train', 10), ('train', 12), ('val', 12)]
     assert {'loss', 'kl', 'entropy', 'fve', 'lr', 'tau', 'alpha', *TIMING} <= set(whole[1])
-    assert {'kl', 'kl_shuffled', 'kl_mean_ablation', 'kl_text_top_tokens', 'kl_downstream', 'kl_downstream_mean_ablation',
+    assert {'kl', 'kl_shuffled', 'kl_mean_ablation', 'kl_text_top_tokens', 'kl_text_current_token', 'kl_downstream', 'kl_downstream_mean_ablation',
             'explanations_unique', 'fve'} <= set(whole[0])
     assert whole[0]['kl'] == pytest.approx(whole[0]['kl_mean_ablation'])  # iteration 0 is mean ablation
     proc = subprocess.Popen([sys.executable, 'train.py', *args(settings | dict(run_name='log_cut'))], cwd=ROOT,
