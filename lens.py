@@ -249,11 +249,11 @@ class Encoder(WithLM):
     def forward(self, text):
         """Â from the explanation: `text` is one-hot rows [B, T, V] (gradients flow) or token ids [B, T]."""
         sequence = batch_cat(len(text), self.prompt_prefix, embed(self.lm, text), self.prompt_postfix)
-        hidden = block_output(self.lm, self.layer, inputs_embeds=sequence.to(compute_dtype(self.lm))).float()
-        standard = (hidden - self.stats.mean) / self.stats.scale
-        read = self.proj(standard[:, -1])
+        hidden = block_output(self.lm, self.layer, inputs_embeds=sequence.to(compute_dtype(self.lm)))
+        standard = lambda i: (hidden[:, i].float() - self.stats.mean) / self.stats.scale  # only the positions read
+        read = self.proj(standard(-1))
         if self.first_proj is not None:
-            read = read + self.first_proj(standard[:, self.first])
+            read = read + self.first_proj(standard(self.first))
         return self.stats.mean + self.stats.scale * read
 
 
@@ -283,8 +283,8 @@ class ActivationStats(nn.Module):
 
 def real_tokens(tokens, pos, n, which):
     """The n real tokens of each window ending at p ('previous'), starting at it ('current'), following it
-    ('next') or around it, p the (n//2)-th of them ('around'), [B, n], with -100 (cross-entropy's ignore index) outside the window, and whether a
-    row is complete [B]."""
+    ('next') or around it, p the (n//2)-th of them ('around'), [B, n], with -100 (cross-entropy's ignore
+    index) outside the window, and whether a row is complete [B]."""
     first = dict(previous=1 - n, current=0, next=1, around=1 - n // 2)[which]
     offset = pos[:, None] + torch.arange(n, device=pos.device) + first
     outside = (offset < 0) | (offset >= tokens.shape[1])
