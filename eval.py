@@ -298,6 +298,7 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
                     first_word_is_current_token=(ids[:, 0] == tokens.gather(1, pos[:, None])[:, 0]).float().mean().item(),
                     lens_beats_current_token=(kls_at_p['lens'] < kls_at_p['text_current_token']).float().mean().item(),
                     lens_beats_model_continuation=(kls_at_p['lens'] < kls_at_p['text_model_continuation']).float().mean().item(),
+                    lens_beats_current_and_continuation=(kls_at_p['lens'] < kls_at_p['text_current_and_continuation']).float().mean().item(),
                     kl_best_of_k={str(k): sampled_kls[:k].min(0).values.mean().item() for k in curve}, **steered)
     return metrics, methods, {name: kls_at_p[name] for name in patches}, explanations, continuation, logits_a, logits_recon
 
@@ -363,6 +364,7 @@ def extra_lines(metrics, t_text):
              ("samples where the lens beats the LM's own continuation", metrics['lens_beats_model_continuation']),
              ("first word of the explanation = the token at p", metrics['first_word_is_current_token']),
              ("samples where the lens beats the token at p alone", metrics['lens_beats_current_token']),
+             ("  ... the token at p and the LM's continuation", metrics['lens_beats_current_and_continuation']),
              (f"samples with {metrics['downstream_positions']} tokens after p (downstream KL; "
               f"{metrics['downstream_left_out']} left out)", metrics['downstream_samples']),
              ('NLL/token of the explanations after the natural prefix', metrics['nll_explanation']),

@@ -342,7 +342,7 @@ class Lens(nn.Module):
         self.encoder.unfreeze(grad_checkpointing, shard)
 
     def forward(self, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
-                warm_target='previous', resample=False, kl_positions=0, w_downstream=1.0):
+                warm_target='previous', resample=False, kl_positions=0, w_downstream=1.0, w_current_token=0.0):
         """The training losses for a batch. Returns a dict of scalars: 'loss' is the weighted total, 'lm',
         'warm' and 'kl_real_text' are there only while their weights are non-zero (their passes are skipped
         otherwise).
@@ -356,7 +356,10 @@ class Lens(nn.Module):
         residual through attention, for what it says about the text so far), summed over the positions
         inside the window, weighted by w_downstream ('kl_downstream' in the dict).
         w_mse weighs the MSE of Â - A in units of A's scale (about 1 - FVE), not in raw units, which a
-        few massive dimensions dominate and which differ by orders of magnitude between models."""
+        few massive dimensions dominate and which differ by orders of magnitude between models.
+        w_current_token weighs the decoder's cross-entropy for writing the token at p as its first word
+        ('current_token' in the dict), for the whole run: the warm start asks for it only at the start, and
+        the lens loses to the token at p alone wherever its first word is another (docs/experiments.md)."""
         with record_function('lens.decoder'):  # labels for profilers: bench.py's time split, GPU traces
             one_hot, dec_logits, ids = self.decoder(acts, tau)
         with record_function('lens.encoder'):
@@ -375,6 +378,8 @@ class Lens(nn.Module):
         out = dict(kl=kl.mean(), entropy=entropy(dec_logits).mean(), mse=((recon - acts) / self.stats.scale).pow(2).mean())
         if kl_positions:
             out['kl_downstream'] = later.sum(1).mean()
+        if w_current_token > 0:  # the decoder's first logits already condition on A alone: no extra pass
+            out['current_token'] = F.cross_entropy(dec_logits[:, 0].float(), tokens.gather(1, pos[:, None])[:, 0])
         if w_lm > 0:  # the reference pass costs a forward: skipped while fluency has no weight
             with record_function('lens.fluency'), torch.no_grad():
                 natural = self.natural_prefix[None].expand(len(ids), -1)
@@ -389,7 +394,7 @@ class Lens(nn.Module):
                 out['kl_real_text'] = (kl_real * complete).sum() / complete.sum().clamp(min=1)
         out['loss'] = (w_kl * out['kl'] + w_lm * out.get('lm', 0) - w_entropy * out['entropy'] + w_mse * out['mse']
                        + w_warm * (out['warm'] + out['kl_real_text'] if w_warm > 0 else 0)
-                       + w_downstream * out.get('kl_downstream', 0))
+                       + w_downstream * out.get('kl_downstream', 0) + w_current_token * out.get('current_token', 0))
         return out | dict(fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())
 
     @torch.no_grad()

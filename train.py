@@ -77,6 +77,8 @@ entropy_decay_iters = 0
 w_mse = 0.0  # MSE of Â - A in units of A's scale (about 1 - FVE): keeps Â near A where the next token does not look
 kl_positions = 0  # also the KL at the K positions after p, only p patched: later tokens read p through attention
 w_downstream = 1.0  # weight of that KL, summed over the K positions
+w_current_token = 0.0  # the decoder's cross-entropy for a first word that is the token at p, the whole run (with
+# warm_start_target='current' and encoder_reads='first_and_last': the words start with the token at p)
 warm_start_weight = 1.0  # the decoder's cross-entropy for writing the real tokens after p (and the encoder's KL
 warm_start_iters = 100  # reading them), decayed linearly to 0 over these iterations: a per-sample signal from step 0
 warm_start_target = 'next'  # the real tokens it writes and reads: 'next' (after p), 'current' (from p), 'previous' (ending at p) or 'around' p
@@ -527,7 +529,7 @@ while True:
             lens.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         out = lens(acts, tokens, pos, tau=tau, w_kl=w_kl, w_lm=alpha * w_lm, w_entropy=w_ent, w_mse=w_mse,
                    w_warm=w_warm, warm_target=warm_start_target, resample=resample_ablation,
-                   kl_positions=kl_positions, w_downstream=w_downstream)
+                   kl_positions=kl_positions, w_downstream=w_downstream, w_current_token=w_current_token)
         (out['loss'] / gradient_accumulation_steps).backward()
         parts = {k: parts.get(k, 0) + v.detach() / gradient_accumulation_steps for k, v in out.items()}
     flags = torch.tensor([float(not torch.isfinite(parts['loss'])), float(stop_requested)], device=device)
@@ -552,7 +554,7 @@ while True:
     if iter_num % log_interval == 0:
         parts = {k: v.item() for k, v in parts.items()}
         step_time = np.mean(step_times[-log_interval:])
-        optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text', 'kl_downstream') if k in parts)
+        optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text', 'kl_downstream', 'current_token') if k in parts)
         memory = torch.tensor(peak_memory_mib(), device=device)
         if ddp:
             torch.distributed.all_reduce(memory, op=torch.distributed.ReduceOp.MAX)

@@ -12,7 +12,7 @@ from model import block_tensor, blocks, compute_dtype, embed, full_precision_log
 
 
 def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
-                  warm_target='previous', kl_positions=0, w_downstream=1.0):
+                  warm_target='previous', kl_positions=0, w_downstream=1.0, w_current_token=0.0):
     """Lens.forward's loss dict for the same arguments and Gumbel noise."""
     lm, dec, enc, B, T = lens.lm, lens.decoder, lens.encoder, len(acts), lens.cfg.t_text
     prefix, writes = dec.prefix(acts, dec.lm)
@@ -67,10 +67,11 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
         with patched(lm, lens.cfg.layer, pos, enc(targets.clamp(min=0))):
             kl_real = kl_div(logits_a, window()[rows, pos])
         kl_real_text = kl_real[complete].mean() if complete.any() else torch.zeros(())
+    current_token = F.cross_entropy(dec_logits[:, 0].float(), tokens[rows, pos])
     ent = entropy(dec_logits).mean()
     mse = ((recon - acts) / lens.stats.scale).pow(2).mean()
     loss = (w_kl * kl.mean() + w_lm * fluency - w_entropy * ent + w_mse * mse + w_warm * (warm + kl_real_text)
-            + w_downstream * downstream.mean())
+            + w_downstream * downstream.mean() + w_current_token * current_token)
     return dict(loss=loss, kl=kl.mean(), lm=fluency, entropy=ent, mse=mse, warm=warm, kl_real_text=kl_real_text,
-                kl_downstream=downstream.mean(),
+                kl_downstream=downstream.mean(), current_token=current_token,
                 fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())
