@@ -296,6 +296,7 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
                     distinct_ratio=distinct_ratio(ids), explanations_unique=len(set(explanations)) / n,
                     first_word_is_top_token=(ids[:, 0] == logits_a.argmax(-1)).float().mean().item(),
                     first_word_is_current_token=(ids[:, 0] == tokens.gather(1, pos[:, None])[:, 0]).float().mean().item(),
+                    words_include_current_token=(ids == tokens.gather(1, pos[:, None])).any(1).float().mean().item(),
                     lens_beats_current_token=(kls_at_p['lens'] < kls_at_p['text_current_token']).float().mean().item(),
                     lens_beats_model_continuation=(kls_at_p['lens'] < kls_at_p['text_model_continuation']).float().mean().item(),
                     lens_beats_current_and_continuation=(kls_at_p['lens'] < kls_at_p['text_current_and_continuation']).float().mean().item(),
@@ -363,6 +364,7 @@ def extra_lines(metrics, t_text):
              ("first word of the explanation = the LM's top next token", metrics['first_word_is_top_token']),
              ("samples where the lens beats the LM's own continuation", metrics['lens_beats_model_continuation']),
              ("first word of the explanation = the token at p", metrics['first_word_is_current_token']),
+             ("  ... any word of it (where the words end at p, the last)", metrics['words_include_current_token']),
              ("samples where the lens beats the token at p alone", metrics['lens_beats_current_token']),
              ("  ... the token at p and the LM's continuation", metrics['lens_beats_current_and_continuation']),
              (f"samples with {metrics['downstream_positions']} tokens after p (downstream KL; "

@@ -62,6 +62,7 @@ fsdp = False  # under torchrun: the unfrozen LM copies sharded over the ranks (F
 encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 t_text = 8
 decoder_prompt = '<|endoftext|><embed>'  # <embed> last: the decoder continues the text from A
+decoder_slots = 1  # input positions A fills, each through its own map (1: one token's worth of A)
 # the prompt repeated after the words: the last position re-reads them from their start (docs/experiments.md)
 encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
 patch_first_k = 0  # also overwrite the decoder's slot at the input of the first k blocks
@@ -77,8 +78,8 @@ entropy_decay_iters = 0
 w_mse = 0.0  # MSE of Â - A in units of A's scale (about 1 - FVE): keeps Â near A where the next token does not look
 kl_positions = 0  # also the KL at the K positions after p, only p patched: later tokens read p through attention
 w_downstream = 1.0  # weight of that KL, summed over the K positions
-w_current_token = 0.0  # the decoder's cross-entropy for a first word that is the token at p, the whole run (with
-# warm_start_target='current' and encoder_reads='first_and_last': the words start with the token at p)
+w_current_token = 0.0  # the decoder's cross-entropy for the token at p in the word where warm_start_target puts it
+# (the first for 'current', the last for 'previous'), the whole run
 warm_start_weight = 1.0  # the decoder's cross-entropy for writing the real tokens after p (and the encoder's KL
 warm_start_iters = 100  # reading them), decayed linearly to 0 over these iterations: a per-sample signal from step 0
 warm_start_target = 'next'  # the real tokens it writes and reads: 'next' (after p), 'current' (from p), 'previous' (ending at p) or 'around' p
@@ -147,6 +148,10 @@ if grad_checkpointing and unfreeze_at < 0:
 if warm_start_target not in ('previous', 'current', 'next', 'around'):
     raise SystemExit(f"warm_start_target={warm_start_target!r}: use 'previous' (the tokens ending at p), 'current' (from p), "
                      f"'next' (after p) or 'around' (p in the middle)")
+if w_current_token > 0 and warm_start_target == 'next':
+    raise SystemExit(f"w_current_token={w_current_token} asks for the token at p in the word where warm_start_target puts "
+                     f"it, and 'next' (the tokens after p) has none: use 'current' (the first word), 'previous' (the last) "
+                     f"or 'around', or w_current_token=0")
 if device.startswith('cuda'):
     use_tf32()
 

@@ -67,7 +67,8 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
         with patched(lm, lens.cfg.layer, pos, enc(targets.clamp(min=0))):
             kl_real = kl_div(logits_a, window()[rows, pos])
         kl_real_text = kl_real[complete].mean() if complete.any() else torch.zeros(())
-    current_token = F.cross_entropy(dec_logits[:, 0].float(), tokens[rows, pos])
+    current_word = dict(previous=T - 1, current=0, around=T // 2 - 1).get(warm_target, 0)  # p is the (T // 2)-th of around
+    current_token = F.cross_entropy(dec_logits[:, current_word].float(), tokens[rows, pos])
     ent = entropy(dec_logits).mean()
     mse = ((recon - acts) / lens.stats.scale).pow(2).mean()
     loss = (w_kl * kl.mean() + w_lm * fluency - w_entropy * ent + w_mse * mse + w_warm * (warm + kl_real_text)

@@ -149,6 +149,7 @@ def test_results_json_holds_every_metric_and_baseline(run):
     for key in ('first_word_is_top_token', 'first_word_is_current_token', 'lens_beats_current_token', 'lens_beats_model_continuation',
                 'lens_beats_current_and_continuation'):
         assert 0 <= m[key] <= 1, key
+    assert m['first_word_is_current_token'] <= m['words_include_current_token']
     for label in ('KL mean', 'KL recovered by lens', 'KL p+1..p+4 summed', 'KL at p+4', 'FVE', 'NLL/token of real text',
                   'best of 3', 'SAELens kl_div_score'):
         assert label in run['shards']
