@@ -40,7 +40,6 @@ class LensConfig:
     encoder_layer: int = -1  # block K whose output at the last position the encoder reads; -1: the same block as layer
     t_text: int = 8  # explanation length in tokens
     decoder_prompt: str = '<|endoftext|><embed>'  # <embed> marks A's slot; last: the decoder continues from A
-    decoder_slots: int = 1  # input positions A fills, each through its own map: room for more than one token of A
     encoder_prompt: str = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'  # <text> marks where the words go
     patch_first_k: int = 0  # also overwrite the slot at the input of the first k blocks
     patch_at_layer: bool = True  # also write A itself at the slot where the LM reads block `layer`'s output
@@ -62,8 +61,6 @@ class LensConfig:
         if self.encoder_reads not in ('last', 'first_and_last'):
             raise SystemExit(f"encoder_reads={self.encoder_reads!r}: use 'last' (Â from the last position) or "
                              f"'first_and_last' (also from the first word's)")
-        if self.decoder_slots < 1:
-            raise SystemExit(f"decoder_slots={self.decoder_slots}: A needs at least one input position, pass --decoder_slots=1")
         if self.t_text < 1:
             raise SystemExit(f"t_text={self.t_text}: an explanation needs at least one token, pass --t_text=10")
 
@@ -145,11 +142,9 @@ class WithLM(nn.Module):
 
 
 class Decoder(WithLM):
-    """Reads A through two doors: the input slots (A standardised to an embedding's scale, then W_d, one map
-    per slot, each starting as the identity), and, with patch_at_layer, the first slot's residual at the
-    input of block layer + 1, where the LM itself reads activations of A's depth (A plus a learned
-    correction, zero at the start). With one slot the frozen LM gets one input embedding's worth of A,
-    enough to name the token at p but not the tokens before it (docs/experiments.md)."""
+    """Reads A through two doors: the input slot (A standardised to an embedding's scale, then W_d), and,
+    with patch_at_layer, the slot's residual at the input of block layer + 1, where the LM itself reads
+    activations of A's depth (A plus a learned correction, zero at the start)."""
 
     def __init__(self, cfg, lm, tokenizer, stats):
         super().__init__(lm)
@@ -160,18 +155,15 @@ class Decoder(WithLM):
         self.prompt_left = prompt_parameter(lm, tokenizer, left)
         self.prompt_right = prompt_parameter(lm, tokenizer, right)
         self.slot = 0 if self.prompt_left is None else len(self.prompt_left)
-        d, self.slots = lm.get_input_embeddings().embedding_dim, cfg.decoder_slots
-        self.proj = nn.Linear(d, self.slots * d)
-        with torch.no_grad():
-            self.proj.weight.copy_(torch.eye(d).repeat(self.slots, 1))
-            self.proj.bias.zero_()
+        d = lm.get_input_embeddings().embedding_dim
+        self.proj = square_linear(d, identity=True)
         self.depth_proj = square_linear(d, identity=False) if self.depth is not None else None
 
     def prefix(self, acts, lm):
-        """The prompt with A in its slots [B, P, d], and what slot_writes writes from the first slot on at
-        the input of the first patch_first_k blocks (every slot) and of block layer + 1 (the first slot)."""
+        """The prompt with A in its slot [B, P, d], and what slot_writes writes at the slot at the input of
+        the first patch_first_k blocks and of block layer + 1 ({block: [B, 1, d]})."""
         standard = (acts - self.stats.mean) / self.stats.scale
-        slot = self.proj(standard * self.stats.embedding_rms).unflatten(-1, (self.slots, -1))
+        slot = self.proj(standard * self.stats.embedding_rms)[:, None]
         writes = {k: slot for k in range(self.patch_first_k)}
         if self.depth is not None:
             writes[self.depth] = (acts + self.stats.scale * self.depth_proj(standard))[:, None]
@@ -213,11 +205,11 @@ class Decoder(WithLM):
 
 @contextlib.contextmanager
 def slot_writes(lm, slot, writes):
-    """Within the block, the input of block k at positions slot..slot + n - 1 is replaced by writes[k] ([B, n, d])."""
+    """Within the block, the input of block k at position `slot` is replaced by writes[k] ([B, 1, d])."""
     def writer(value):
         def write(module, args, kwargs):
             hidden = args[0] if args else kwargs['hidden_states']
-            hidden = torch.cat([hidden[:, :slot], value.to(hidden.dtype), hidden[:, slot + value.shape[1]:]], 1)
+            hidden = torch.cat([hidden[:, :slot], value.to(hidden.dtype), hidden[:, slot + 1:]], 1)
             return ((hidden,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, 'hidden_states': hidden})
         return write
     handles = [blocks(lm)[k].register_forward_pre_hook(writer(value), with_kwargs=True) for k, value in writes.items()]

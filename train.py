@@ -62,7 +62,6 @@ fsdp = False  # under torchrun: the unfrozen LM copies sharded over the ranks (F
 encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 t_text = 8
 decoder_prompt = '<|endoftext|><embed>'  # <embed> last: the decoder continues the text from A
-decoder_slots = 1  # input positions A fills, each through its own map (1: one token's worth of A)
 # the prompt repeated after the words: the last position re-reads them from their start (docs/experiments.md)
 encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
 patch_first_k = 0  # also overwrite the decoder's slot at the input of the first k blocks

@@ -200,7 +200,6 @@ def test_compiled_blocks_compile_once_for_all_blocks_and_not_again_for_a_new_bat
     (dict(decoder_prompt='Explain:'), "must contain '<embed>' exactly once"),
     (dict(encoder_prompt='Summary:'), "must contain '<text>' exactly once"),
     (dict(t_text=0), 't_text=0: an explanation needs at least one token'),
-    (dict(decoder_slots=0), 'decoder_slots=0: A needs at least one input position'),
     (dict(layer=9), 'layer=9 is out of range: this model has blocks 0..3'),
     (dict(encoder_layer=-2), 'encoder_layer=-2 is out of range'),
     (dict(encoder_init='eye'), "encoder_init='eye': use 'identity' (Â starts as h) or 'zero'"),
@@ -275,10 +274,10 @@ def test_prefix_mask_is_causal_over_real_tokens_and_never_masks_a_whole_row(wind
             assert allowed[b, i].tolist() == expected
 
 
-@pytest.mark.parametrize('name, warm_target, encoder_reads, slots', [
-    ('tiny-gpt2', 'previous', 'last', 1), ('tiny-llama', 'next', 'first_and_last', 1), ('tiny-qwen2', 'previous', 'last', 3),
-    ('tiny-gemma2', 'next', 'last', 1), ('tiny-neox', 'around', 'last', 1), ('tiny-gpt2', 'current', 'first_and_last', 1)])
-def test_lens_forward_equals_the_naive_reference(name, warm_target, encoder_reads, slots):
+@pytest.mark.parametrize('name, warm_target, encoder_reads', [
+    ('tiny-gpt2', 'previous', 'last'), ('tiny-llama', 'next', 'first_and_last'), ('tiny-qwen2', 'previous', 'last'),
+    ('tiny-gemma2', 'next', 'last'), ('tiny-neox', 'around', 'last'), ('tiny-gpt2', 'current', 'first_and_last')])
+def test_lens_forward_equals_the_naive_reference(name, warm_target, encoder_reads):
     """Every cheap path of Lens.forward (KV-cached decoding, early-exit encoder, one-position KL with its
     left-padded prefix, the KL at the positions after p) against tests/naive_lens.py, losses and gradients, with every slot write on."""
     from naive_lens import naive_forward
@@ -286,7 +285,7 @@ def test_lens_forward_equals_the_naive_reference(name, warm_target, encoder_read
     acts, tokens, pos = batch(lm)
     # a decoder prompt longer than tiny-gemma2's sliding window of 8, so cached decoding crosses it
     lens = Lens(LensConfig(layer=LAYER, encoder_layer=2, t_text=4, patch_first_k=1, encoder_reads=encoder_reads,
-                           decoder_slots=slots, decoder_prompt='<|endoftext|>In short: <embed>'), lm, tokenizer)
+                           decoder_prompt='<|endoftext|>In short: <embed>'), lm, tokenizer)
     lens.stats.set(acts)
     torch.nn.init.normal_(lens.encoder.proj.weight, std=0.05)
     if encoder_reads == 'first_and_last':

@@ -265,7 +265,6 @@ def test_training_from_tokens_equals_training_from_the_dump(shards, tmp_path):
     (dict(dtype='int8'), "dtype='int8' loads the frozen LM with bitsandbytes, which needs a CUDA GPU"),
     (dict(warm_start_target='later'), "warm_start_target='later'"),
     (dict(w_current_token=1.0, warm_start_target='next'), "and 'next' (the tokens after p) has none"),
-    (dict(decoder_slots=0), 'decoder_slots=0: A needs at least one input position'),
     (dict(grad_checkpointing=True), "grad_checkpointing=True recomputes the activations of the unfrozen LM copies"),
     (dict(acts_source='memory'), "acts_source='memory': use 'shards' (run dump.py first) or 'tokens'"),
     (dict(lr_schedule='step'), "lr_schedule='step': use one of cosine, linear, polynomial"),
