@@ -79,3 +79,11 @@ def test_given_keys_are_the_ones_set_by_files_and_flags(tmp_path, capsys):
     assert given_keys([str(path), '--layer=3']) == {'max_iters', 'layer'}
     configure(settings(), ['--min_pos=4'])  # a dump.py setting on train.py's command line
     assert "--min_pos is a setting of dump.py" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('name', sorted(os.listdir(os.path.join(ROOT, 'config'))))
+def test_every_config_file_sets_only_settings_that_train_py_has(name):
+    """A config file with a misspelt key would stop train.py at its first line: caught here instead."""
+    from configurator import script_settings
+    settings = script_settings(os.path.join(ROOT, 'train.py'))
+    configure(settings, [os.path.join(ROOT, 'config', name)])
