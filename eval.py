@@ -289,14 +289,15 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
         methods[name]['kl_recovered'] = kl_recovered(methods['lens']['kl'], methods[name]['kl'])
     metrics = {metric_name(name, k): v for name, m in methods.items() for k, v in m.items()}
     sampled_kls = torch.stack([kls_at_p[f'sampled_{k}'] for k in range(best_of_k)])
+    current = tokens.gather(1, pos[:, None])
     curve = sorted({2 ** i for i in range(best_of_k.bit_length())} | {best_of_k})
     metrics |= dict(kl_recovered_zero=methods['zero']['kl_recovered'], downstream_positions=downstream_positions,
                     downstream_samples=int(complete.sum()), downstream_left_out=int((~complete).sum()),
                     nll_explanation=nll_explanation.mean().item(), nll_real_text=nll_real.mean().item(),
                     distinct_ratio=distinct_ratio(ids), explanations_unique=len(set(explanations)) / n,
                     first_word_is_top_token=(ids[:, 0] == logits_a.argmax(-1)).float().mean().item(),
-                    first_word_is_current_token=(ids[:, 0] == tokens.gather(1, pos[:, None])[:, 0]).float().mean().item(),
-                    words_include_current_token=(ids == tokens.gather(1, pos[:, None])).any(1).float().mean().item(),
+                    first_word_is_current_token=(ids[:, 0] == current[:, 0]).float().mean().item(),
+                    words_include_current_token=(ids == current).any(1).float().mean().item(),
                     lens_beats_current_token=(kls_at_p['lens'] < kls_at_p['text_current_token']).float().mean().item(),
                     lens_beats_model_continuation=(kls_at_p['lens'] < kls_at_p['text_model_continuation']).float().mean().item(),
                     lens_beats_current_and_continuation=(kls_at_p['lens'] < kls_at_p['text_current_and_continuation']).float().mean().item(),

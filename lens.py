@@ -385,6 +385,8 @@ class Lens(nn.Module):
             out['kl_downstream'] = later.sum(1).mean()
         if w_current_token > 0:  # the decoder's logits are already computed: no extra pass
             word = -first_offset(warm_target, self.cfg.t_text)
+            if not 0 <= word < self.cfg.t_text:
+                raise ValueError(f"w_current_token needs a warm_target that holds the token at p, not {warm_target!r}")
             out['current_token'] = F.cross_entropy(dec_logits[:, word].float(), tokens.gather(1, pos[:, None])[:, 0])
         if w_lm > 0:  # the reference pass costs a forward: skipped while fluency has no weight
             with record_function('lens.fluency'), torch.no_grad():
