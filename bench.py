@@ -51,6 +51,7 @@ encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
 compile = False  # torch.compile each block's norms and MLP, as train.py does
 unfrozen = False  # the lens trains its own copies of the LM, as train.py does from unfreeze_at on
 grad_checkpointing = False  # the copies recompute their activations in backward (needs unfrozen=True)
+lora_rank = 0  # the copies train rank-r updates of their linear maps instead of every weight (needs unfrozen=True)
 # bench only
 bench = 'train'  # 'train': a training step; 'dump': dump.py's early-exit forward against a full forward
 warmup_steps = 3  # untimed steps first: allocator, caches, compilation
@@ -152,7 +153,7 @@ def run_train(lm, tokenizer):
         lens.stats.set(torch.cat([acts for acts, _, _ in batches]))
         if unfrozen:
             lens.unfreeze(grad_checkpointing)
-    optimizers = {path: torch.optim.AdamW(lenses[path].parameters(), lr=1e-3, weight_decay=0.0, fused=cuda) for path in paths}
+    optimizers = {path: torch.optim.AdamW(lenses[path].parameters(), lr=1e-3, weight_decay=0.0, fused=True) for path in paths}  # as train.py's
     forwards = {'fast': lenses['fast']}
     if compare_naive:
         from tests.naive_lens import naive_forward

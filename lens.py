@@ -11,9 +11,9 @@ the words back into Â, and the losses that make Â do what A did.
             - w_entropy H(P_dec)
             + w_mse |Â - A|^2
 
-Both sides run the frozen LM's own weights (or, after unfreezing, their own trainable copies); the
-frozen LM that defines the KL is never trained and is not a submodule, so DDP, state_dict and the
-optimizer only ever see the lens's trainable parameters.
+Both sides run the frozen LM's own weights (or, after unfreezing, their own trainable copies, whole or
+low-rank updates on its shared weights); the frozen LM that defines the KL is never trained and is not a
+submodule, so DDP, state_dict and the optimizer only ever see the lens's trainable parameters.
 """
 import contextlib
 import json
@@ -27,8 +27,8 @@ from safetensors.torch import load_file, save_file
 from torch.profiler import record_function
 from transformers import DynamicCache
 
-from model import (block_output, blocks, check_layer, checkpoint_blocks, compute_dtype, embed, next_token_logits,
-                   positions_in_window, trainable_copy)
+from model import (block_output, blocks, check_layer, checkpoint_blocks, compute_dtype, embed, low_rank_copy,
+                   next_token_logits, positions_in_window, trainable_copy)
 
 TAU_FLOOR = 0.1  # below this the Gumbel-softmax gradient becomes too spiky to learn from
 EMBEDDING_ROWS = 4096  # rows of the embedding matrix ActivationStats reads at a time
@@ -45,6 +45,7 @@ class LensConfig:
     patch_at_layer: bool = True  # also write A itself at the slot where the LM reads block `layer`'s output
     encoder_init: str = 'zero'  # W_e at the start: 'identity' (Â = h) or 'zero' (Â = mean: iteration 0 is mean ablation)
     encoder_reads: str = 'last'  # 'last' position, or 'first_and_last': also the first word's, through a map starting as the identity
+    lora_rank: int = 0  # once unfrozen, each side trains: 0, a whole copy of the LM; r > 0, rank-r updates of its linear maps
 
     def __post_init__(self):
         if self.encoder_layer == -1:
@@ -61,6 +62,8 @@ class LensConfig:
         if self.encoder_reads not in ('last', 'first_and_last'):
             raise SystemExit(f"encoder_reads={self.encoder_reads!r}: use 'last' (Â from the last position) or "
                              f"'first_and_last' (also from the first word's)")
+        if self.lora_rank < 0:
+            raise SystemExit(f"lora_rank={self.lora_rank}: use 0 (unfreezing trains whole copies of the LM) or a rank, e.g. 16")
         if self.t_text < 1:
             raise SystemExit(f"t_text={self.t_text}: an explanation needs at least one token, pass --t_text=10")
 
@@ -135,8 +138,9 @@ class WithLM(nn.Module):
     def lm(self):
         return self.frozen_lm if self.lm_copy is None else self.lm_copy
 
-    def unfreeze(self, grad_checkpointing=False, shard=None, last_block=None):
-        self.lm_copy = trainable_copy(self.frozen_lm, last_block, shard)
+    def unfreeze(self, grad_checkpointing=False, shard=None, last_block=None, lora_rank=0):
+        self.lm_copy = (low_rank_copy(self.frozen_lm, lora_rank, last_block) if lora_rank
+                        else trainable_copy(self.frozen_lm, last_block, shard))
         if grad_checkpointing:
             checkpoint_blocks(self.lm_copy)
 
@@ -243,8 +247,8 @@ class Encoder(WithLM):
         self.first_proj = square_linear(d, identity=True) if cfg.encoder_reads == 'first_and_last' else None
         self.first = 0 if self.prompt_prefix is None else len(self.prompt_prefix)
 
-    def unfreeze(self, grad_checkpointing=False, shard=None):
-        super().unfreeze(grad_checkpointing, shard, last_block=self.layer)
+    def unfreeze(self, grad_checkpointing=False, shard=None, lora_rank=0):
+        super().unfreeze(grad_checkpointing, shard, self.layer, lora_rank)
 
     def forward(self, text):
         """Â from the explanation: `text` is one-hot rows [B, T, V] (gradients flow) or token ids [B, T]."""
@@ -342,8 +346,22 @@ class Lens(nn.Module):
         """From now on each side runs its own trainable copy of the LM; grad_checkpointing recomputes the
         copies' blocks in backward instead of storing them (bench.py: -15% memory, +6% time at batch 32);
         shard takes each copied block as it is made (train.py's FSDP)."""
-        self.decoder.unfreeze(grad_checkpointing, shard)
-        self.encoder.unfreeze(grad_checkpointing, shard)
+        self.decoder.unfreeze(grad_checkpointing, shard, lora_rank=self.cfg.lora_rank)
+        self.encoder.unfreeze(grad_checkpointing, shard, lora_rank=self.cfg.lora_rank)
+
+    def state_dict(self, *args, keep_vars=False, **kwargs):
+        """Without the frozen LM's tensors, which low-rank copies share: they come with the model."""
+        shared = {id(t) for t in (*self.lm.parameters(), *self.lm.buffers())}
+        state = super().state_dict(*args, keep_vars=True, **kwargs)
+        return {k: v if keep_vars else v.detach() for k, v in state.items() if id(v) not in shared}
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        shared = set(super().state_dict(keep_vars=True)) - set(self.state_dict(keep_vars=True))
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        wrong = result.unexpected_keys + [k for k in result.missing_keys if k not in shared]
+        if strict and wrong:
+            raise RuntimeError(f"the lens's state does not fit this lens: {wrong[:5]}")
+        return result
 
     def forward(self, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
                 warm_target='previous', resample=False, kl_positions=0, w_downstream=1.0, w_current_token=0.0):

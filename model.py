@@ -221,6 +221,38 @@ def trainable_copy(model, last_block=None, shard=None):
     return model
 
 
+class LowRank(torch.nn.Module):
+    """A frozen linear map (nn.Linear, or GPT-2's Conv1D with its weight [in, out]) plus a trainable
+    rank-r update up(down(x)), computed in fp32; `up` starts at zero, so the map starts as the frozen one."""
+
+    def __init__(self, base, rank):
+        super().__init__()
+        self.base = base
+        d_in, d_out = base.weight.shape if type(base).__name__ == 'Conv1D' else base.weight.shape[::-1]
+        self.down = torch.nn.Parameter(torch.randn(rank, d_in, device=base.weight.device) / d_in ** 0.5)
+        self.up = torch.nn.Parameter(torch.zeros(d_out, rank, device=base.weight.device))
+
+    def forward(self, x):
+        return self.base(x) + F.linear(F.linear(x.float(), self.down), self.up).to(x.dtype)
+
+
+def low_rank_copy(model, rank, last_block=None):
+    """A copy of the LM that shares every weight of the frozen one and trains a rank-`rank` update of each
+    linear map in its blocks (LoRA): the copy costs a few MB instead of the LM's size, its forward runs
+    in the LM's storage dtype, and its backward computes no gradient for the LM's own weights. With
+    last_block, the later blocks are left out, as trainable_copy does."""
+    copied = copy.deepcopy(model, {id(t): t for t in (*model.parameters(), *model.buffers())})
+    for m in copied.modules():  # compile_blocks' forwards run the frozen LM's modules: the copy sets its own
+        m.__dict__.pop('forward', None)
+    block_list = blocks(copied)
+    if last_block is not None:
+        del block_list[last_block + 1:]
+    linear = lambda m: isinstance(m, torch.nn.Linear) or type(m).__name__ == 'Conv1D'
+    for parent, name, child in [(m, n, c) for m in block_list.modules() for n, c in m.named_children() if linear(c)]:
+        setattr(parent, name, LowRank(child, rank))
+    return copied
+
+
 def compile_blocks(model):
     """torch.compile what repeats and holds no state: the parts of each block that take no KV cache (its
     norms and MLP), lengths dynamic, so a few graphs serve every block, step and length. A part that takes

@@ -104,6 +104,7 @@ weight_decay = 0.01  # only on the unfrozen LM copies: decaying the identity-ini
 grad_clip = 1.0
 unfreeze_at = -1  # from this iteration the decoder and encoder train their own copies of the LM (-1: never)
 grad_checkpointing = False  # the LM copies recompute their blocks in backward: less memory (-15% at batch 32), +6% time
+lora_rank = 0  # what the copies train: 0, every weight; r > 0, rank-r updates of the blocks' linear maps (LoRA)
 lm_lr_mult = 0.1  # learning rate of the LM copies relative to learning_rate
 encoder_lr_mult = 1.0  # learning rate of the encoder's maps and prompts relative to learning_rate
 # eval, logging, checkpoints
@@ -121,6 +122,13 @@ wandb_run_id = ''  # log into this wandb run (e.g. one started elsewhere); '' ta
 # -----------------------------------------------------------------------------
 config = configure(globals())
 dtype = pick_dtype(dtype, device)
+
+if fsdp and lora_rank:
+    raise SystemExit(f"fsdp=True shards whole LM copies, and lora_rank={lora_rank} trains low-rank updates that share "
+                     f"the frozen LM's weights (a few MB per rank): drop fsdp (DDP), or set lora_rank=0")
+if lora_rank and unfreeze_at < 0:
+    raise SystemExit(f"lora_rank={lora_rank} sets what the unfrozen LM copies train, and unfreeze_at=-1 makes none: "
+                     f"set unfreeze_at (0: from the start), or drop lora_rank")
 
 rank, world, device = start_ranks(device)  # the same script runs under python or torchrun
 ddp, master = torch.distributed.is_initialized(), rank == 0
@@ -265,8 +273,8 @@ def make_optimizer():
               dict(params=[p for n, p in own if n.startswith('encoder.')], lr_mult=encoder_lr_mult, weight_decay=0.0)]
     if lm_copy_parameters(lens):
         groups.append(dict(params=lm_copy_parameters(lens), lr_mult=lm_lr_mult, weight_decay=weight_decay))
-    fused = device.startswith('cuda')
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=fused)
+    # fused on CPU too: on 2 cores its step over the unfrozen copies' 220M parameters takes 0.13 s, foreach's 1.3 s
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=True)
 
 
 def rebuilt_optimizer(old, params_before):
@@ -495,7 +503,8 @@ while True:
         unfreeze()
         optimizer = rebuilt_optimizer(optimizer, params_before)
         lens = wrap(raw_lens)
-        print0(f"iter {iter_num}: unfroze the decoder's and encoder's copies of the LM (lr x {lm_lr_mult})")
+        print0(f"iter {iter_num}: unfroze the decoder's and encoder's copies of the LM "
+               f"({f'rank-{lora_rank} updates, ' if lora_rank else ''}lr x {lm_lr_mult})")
 
     if iter_num % eval_interval == 0 or last_step:
         metrics, samples = evaluate()

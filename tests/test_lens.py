@@ -112,6 +112,40 @@ def test_unfreeze_copies_what_each_side_runs_and_every_copied_parameter_learns(n
 
 
 @pytest.mark.parametrize('name', TINY_MODELS)
+def test_low_rank_copies_start_as_the_lm_share_its_weights_and_save_only_their_updates(name):
+    """lora_rank=r: each side runs the frozen LM's own weights plus rank-r updates of every linear map in
+    its blocks (up at zero: at first the copy computes what the LM does, exactly), only the updates train
+    and get a gradient, and the lens's state (what checkpoints and lens folders hold) is only those."""
+    lm, tokenizer = load_model(name)
+    acts, tokens, pos = batch(lm)
+    lens = Lens(LensConfig(layer=LAYER, t_text=2, lora_rank=3), lm, tokenizer)
+    lens.unfreeze()
+    with torch.no_grad():
+        assert torch.equal(lens.decoder.lm(tokens).logits, lm(tokens).logits)
+    torch.nn.init.normal_(lens.encoder.proj.weight, std=0.01)
+    lens(acts, tokens, pos, w_lm=1.0)['loss'].backward()
+    matrices = lambda model, n: [p for p in blocks(model)[:n].parameters() if p.dim() == 2]  # each block's linear maps
+    updates = lambda n: sum(3 * sum(w.shape) for w in matrices(lm, n))
+    copies = [(n, p) for n, p in lens.named_parameters() if '.lm_copy.' in n and p.requires_grad]
+    assert sum(p.numel() for n, p in copies) == updates(len(blocks(lm))) + updates(LAYER + 1)
+    assert {n.rsplit('.', 1)[1] for n, p in copies} == {'down', 'up'}
+    for n, p in copies:  # down's gradient is zero while up is: DDP needs a gradient, not a non-zero one
+        assert p.grad is not None and (n.endswith('.down') or p.grad.abs().sum() > 0), n
+    assert not any(p.requires_grad or p.grad is not None for p in lm.parameters())
+    assert {id(w) for w in matrices(lm, None)} <= {id(p) for p in lens.decoder.lm.parameters()}
+    state = lens.state_dict()
+    frozen_lens = Lens(LensConfig(layer=LAYER, t_text=2), lm, tokenizer).state_dict()
+    assert sum(v.numel() for v in state.values()) == sum(v.numel() for v in frozen_lens.values()) + sum(p.numel() for n, p in copies)
+    loaded = Lens(LensConfig(layer=LAYER, t_text=2, lora_rank=3), lm, tokenizer)
+    loaded.unfreeze()
+    loaded.load_state_dict(state)
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    with pytest.raises(RuntimeError, match='does not fit this lens'):
+        loaded.load_state_dict(state | {'decoder.lm_copy.extra': torch.zeros(1)})
+
+
+@pytest.mark.parametrize('name', TINY_MODELS)
 def test_grad_checkpointing_recomputes_the_copies_and_gives_the_same_gradients(name):
     """With the copies' activations recomputed in backward, the losses and every gradient equal the stored
     path's; the decoder's recompute must see its KV cache as each decoding step saw it (Gemma-2's sliding
@@ -204,6 +238,7 @@ def test_compiled_blocks_compile_once_for_all_blocks_and_not_again_for_a_new_bat
     (dict(encoder_layer=-2), 'encoder_layer=-2 is out of range'),
     (dict(encoder_init='eye'), "encoder_init='eye': use 'identity' (Â starts as h) or 'zero'"),
     (dict(encoder_reads='first'), "encoder_reads='first': use 'last' (Â from the last position) or 'first_and_last'"),
+    (dict(lora_rank=-1), 'lora_rank=-1: use 0 (unfreezing trains whole copies of the LM) or a rank'),
 ])
 def test_bad_lens_settings(change, message):
     lm, tokenizer = load_model('tiny-gpt2')

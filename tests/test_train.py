@@ -184,6 +184,24 @@ def test_unfreeze_at_trains_the_lm_copies_from_that_iteration(shards):
     assert 'checkpoint: ' in measured and 'iteration 5' in measured and 'KL mean' in measured
 
 
+def test_low_rank_copies_resume_exactly_and_their_lens_holds_only_the_updates(shards):
+    import shutil
+    lora = dict(max_iters=4, unfreeze_at=1, lora_rank=2, ckpt_interval=2, keep_last=2)
+    assert 'iter 1: unfroze the decoder\'s and encoder\'s copies of the LM (rank-2 updates' in train(shards, 'lora', **lora).stdout
+    (shards / 'lora_cut').mkdir()
+    shutil.copyfile(shards / 'lora' / 'ckpt_2.pt', shards / 'lora_cut' / 'ckpt.pt')
+    train(shards, 'lora_cut', **lora, init_from='resume')
+    whole, cut = final_params(shards, 'lora'), final_params(shards, 'lora_cut')
+    copies = [k for k in whole if '.lm_copy.' in k]
+    assert whole.keys() == cut.keys() and copies and all(k.endswith(('.down', '.up')) for k in copies)
+    for key in whole:
+        torch.testing.assert_close(cut[key], whole[key], rtol=0, atol=1e-6)
+    assert any(whole[k].abs().max() > 0 for k in copies if k.endswith('.up'))
+    measured = run_script('eval.py', f'--out_dir={shards}', f'--lens={shards}/lora/lens', '--eval_samples=8', '--best_of_k=1',
+                          '--dtype=float32').stdout
+    assert 'iteration 4' in measured and 'KL mean' in measured
+
+
 def test_schedules_by_value(shards):
     log = train(shards, 'schedules', max_iters=12, log_interval=1, warmup_iters=2, learning_rate=1e-3, min_lr=1e-4,
                 tau_hold_iters=3, tau_decay_iters=6, tau_start=1.0, tau_end=0.2, alpha_warmup_iters=4).stdout
@@ -270,6 +288,8 @@ def test_training_from_tokens_equals_training_from_the_dump(shards, tmp_path):
     (dict(lr_schedule='step'), "lr_schedule='step': use one of cosine, linear, polynomial"),
     (dict(kl_positions=32), 'kl_positions=32: the KL after p reaches at most ctx - 1 = 31'),
     (dict(fsdp=True), "fsdp=True shards the LM copies over the ranks of torchrun"),
+    (dict(fsdp=True, unfreeze_at=0, lora_rank=2), "drop fsdp (DDP), or set lora_rank=0"),
+    (dict(lora_rank=2), "lora_rank=2 sets what the unfrozen LM copies train, and unfreeze_at=-1 makes none"),
     (dict(downstream_positions=0), "downstream_positions=0: the periodic eval's KL after p needs 1 to ctx - 1 = 31"),
 ])
 def test_user_errors(shards, change, message):
