@@ -310,6 +310,8 @@ def wrap(module):
         compile_blocks(model)
     if not ddp or isinstance(module, FSDPModule):
         return module
+    # low-rank copies hold the frozen LM's own weights: every rank loaded them, nothing to broadcast
+    DDP._set_params_and_buffers_to_ignore_for_model(module, [n for n, p in module.named_parameters() if not p.requires_grad])
     return DDP(module, device_ids=[torch.device(device).index] if device.startswith('cuda') else None)
 
 
@@ -591,7 +593,7 @@ print0(f"done: {run_name}, best val KL {best_val_kl:.4f}, checkpoints in {run_di
 if ddp:  # a lens whose ranks drifted apart would be a silent bug: check the replicated parameters still agree,
     drift = torch.zeros((), device=device)  # one at a time (FSDP's shards have no replicas to drift from)
     for p in raw_lens.parameters():
-        if not isinstance(p, DTensor):
+        if p.requires_grad and not isinstance(p, DTensor):
             reference = p.detach().clone()
             torch.distributed.broadcast(reference, 0)
             drift = torch.maximum(drift, (p.detach() - reference).abs().max())

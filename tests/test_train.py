@@ -116,6 +116,7 @@ def torchrun(out, **settings):
 def two_rank_runs(shards):
     """Through unfreezing at iteration 2: 2 ranks with DDP, 2 ranks with FSDP, 1 rank with 2 accumulation steps."""
     logs = {sharding: torchrun(shards, run_name=sharding, fsdp=sharding == 'fsdp') for sharding in ('ddp', 'fsdp')}
+    logs['ddp_lora'] = torchrun(shards, run_name='ddp_lora', lora_rank=2)
     return logs | dict(accumulated=train(shards, 'accumulated', **UNFREEZING | dict(gradient_accumulation_steps=2)).stdout)
 
 
@@ -140,6 +141,12 @@ def test_two_ranks_equal_one_rank_with_two_micro_steps_through_unfreezing(shards
     assert len(evals) == 2 and evals[1][1] != evals[1][0]  # trained: the shuffled baseline is not the lens
     for got, want in zip(evals, expected):
         assert got == pytest.approx(want, rel=1e-3, abs=1e-4)
+
+
+def test_low_rank_copies_train_in_step_on_two_ranks(two_rank_runs):
+    log = two_rank_runs['ddp_lora']
+    assert 'iter 2: unfroze the decoder\'s and encoder\'s copies of the LM (rank-2 updates' in log
+    assert 'max parameter difference across 2 ranks: 0' in log
 
 
 def test_fsdp_resume_equals_the_uninterrupted_run_and_its_lens_folder_explains_in_one_process(shards, two_rank_runs):
