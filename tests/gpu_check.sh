@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA paths in a few minutes on one GPU, no hub (tiny random models, gpt2-small-random): bf16 load,
 # dump, 30 training iterations eager and compiled (recompiles counted), unfreezing, resume, eval, FSDP on
-# one rank, and bench.py's GPT-2-small step in bf16 with compile. Ends with a table. Not run by pytest.
+# one rank, low-rank copies, and bench.py's GPT-2-small step in bf16 with compile. Ends with a table. Not run by pytest.
 #     bash tests/gpu_check.sh                      # on a machine with a GPU; skips with a message without one
 #     DEVICE=cpu BENCH_MODEL=tiny-gpt2 BENCH_LAYER=2 BENCH_DTYPE=float32 bash tests/gpu_check.sh   # a CPU dry run
 set -uo pipefail
@@ -60,6 +60,8 @@ print(f'resumed at 20 vs uninterrupted: max |diff| {max((a[k].float() - b[k].flo
 step eval "grep -o 'KL mean (nats) *[0-9.]*'" -- $PY eval.py $TINY --out_dir=$WORK/out --run_name=eager --eval_samples=64 --best_of_k=1
 step fsdp "$LAST" -- \
     $PY -m torch.distributed.run --standalone --nproc_per_node=1 train.py $TRAIN --run_name=fsdp --fsdp=True
+step lora "$LAST" -- \
+    $PY train.py $TRAIN --run_name=lora --lora_rank=8 --lm_lr_mult=1.0
 step bench "grep -o '^fast path: [0-9.]* samples/s\|[0-9.]*% of the peak (MFU)\|peak CUDA memory [0-9]* MiB' | paste -sd' '" -- \
     $PY bench.py --model=$BENCH_MODEL --layer=$BENCH_LAYER --t_text=10 --ctx=64 --batch_size=$BENCH_BATCH --device=$DEVICE \
     --dtype=$BENCH_DTYPE --compile=True --warmup_steps=3 --num_steps=5 --out_dir=$WORK/out
