@@ -49,9 +49,9 @@ decoder_prompt = '<|endoftext|><embed>'  # <embed> last: the decoder continues t
 # the prompt repeated after the words: the last position re-reads them from their start (docs/experiments.md)
 encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
 compile = False  # torch.compile each block's norms and MLP, as train.py does
-unfrozen = False  # the lens trains its own copies of the LM, as train.py does from unfreeze_at on
-grad_checkpointing = False  # the copies recompute their activations in backward (needs unfrozen=True)
-lora_rank = 0  # the copies train rank-r updates of their linear maps instead of every weight (needs unfrozen=True)
+unfreeze_at = -1  # >= 0: time the step of an unfrozen run, whose lens trains its own copies of the LM (train.py's from unfreeze_at on)
+grad_checkpointing = False  # the copies recompute their activations in backward (needs unfreeze_at >= 0)
+lora_rank = 0  # the copies train rank-r updates of their linear maps instead of every weight (needs unfreeze_at >= 0)
 # bench only
 bench = 'train'  # 'train': a training step; 'dump': dump.py's early-exit forward against a full forward
 warmup_steps = 3  # untimed steps first: allocator, caches, compilation
@@ -68,8 +68,10 @@ TAU = 1.0
 cuda = device.startswith('cuda')
 if cuda and not torch.cuda.is_available():
     raise SystemExit(f"device={device!r} but CUDA is not available on this machine: pass --device=cpu")
-if grad_checkpointing and not unfrozen:
-    raise SystemExit("grad_checkpointing=True acts on the unfrozen LM copies: pass --unfrozen=True too")
+for key in ('grad_checkpointing', 'lora_rank'):
+    if globals()[key] and unfreeze_at < 0:
+        raise SystemExit(f"{key}={globals()[key]} acts on the unfrozen LM copies, and unfreeze_at=-1 makes none: "
+                         f"pass --unfreeze_at=0 too")
 if bench not in ('train', 'dump'):
     raise SystemExit(f"bench={bench!r}: use 'train' (a training step) or 'dump' (dump.py's forward)")
 if cuda:
@@ -151,7 +153,7 @@ def run_train(lm, tokenizer):
     lenses = {path: Lens(lens_config, lm, tokenizer).to(device) for path in paths}  # identical inits
     for lens in lenses.values():
         lens.stats.set(torch.cat([acts for acts, _, _ in batches]))
-        if unfrozen:
+        if unfreeze_at >= 0:
             lens.unfreeze(grad_checkpointing)
     optimizers = {path: torch.optim.AdamW(lenses[path].parameters(), lr=1e-3, weight_decay=0.0, fused=True) for path in paths}  # as train.py's
     forwards = {'fast': lenses['fast']}

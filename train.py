@@ -53,12 +53,12 @@ trust_remote_code = False
 # run
 init_from = 'scratch'  # 'scratch' or 'resume' (the run named run_name, else the newest run in out_dir)
 run_name = ''  # '' names it {dataset}_{model}_L{layer}_t{t_text}_lr{lr}_{timestamp}
-max_iters = 1000  # the embedded default: 1,000 x 8 = 8,000 samples, one epoch of its dump, ~20 min on 2 CPU cores
+max_iters = 1000  # 1,000 x 8 = 8,000 samples, one epoch of the embedded dump (config/austen_smollm2.py trains 500)
 batch_size = 8  # samples per optimizer step, over all ranks and accumulation steps
 gradient_accumulation_steps = 1
 compile = False  # torch.compile each block's norms and MLP (a few graphs serve all blocks; attention stays eager)
 fsdp = False  # under torchrun: the unfrozen LM copies sharded over the ranks (FSDP2, a group per block) instead of DDP
-# lens
+# lens (these are config/austen_next_words.py's; config/austen_smollm2.py sets the embedded default's)
 encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 t_text = 8
 decoder_prompt = '<|endoftext|><embed>'  # <embed> last: the decoder continues the text from A

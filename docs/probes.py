@@ -6,8 +6,8 @@ Three measurements behind docs/experiments.md, made without training, on the emb
 2. how linearly decodable the tokens at p, p-1, p-2 are from A: a ridge regression from standardised A
    to the token's input embedding, fit on the train split, scored on val by the nearest embedding;
 3. what reaches the positions after p: with only p patched, the KL at p and summed over p+1..p+4, for
-   texts read by the identity encoder and by the shipped lens's encoder (lenses/austen_smollm2), beside
-   the shipped lens's own explanation and mean ablation: can any text, read by either encoder, give
+   texts read by the identity encoder and by the encoder of the earlier default's lens (lenses/austen_next_words),
+   beside that lens's own explanation and mean ablation: can any text, read by either encoder, give
    later positions more than the mean activation does?
 
     $ python docs/probes.py   (after `python dump.py config/austen_smollm2.py`; a few minutes on 2 cores)
@@ -55,17 +55,17 @@ for back in (0, 1, 2):
     print(f"  token p-{back}: nearest-embedding accuracy {accuracy:.3f}")
 
 after = 4
-shipped = load_lens(load_checkpoint('lenses/austen_smollm2'), lm, tokenizer, model).eval()
+next_words_lens = load_lens(load_checkpoint('lenses/austen_next_words'), lm, tokenizer, model).eval()
 with torch.no_grad():
-    _, _, recon = explain_all(shipped, acts, 32)
+    _, _, recon = explain_all(next_words_lens, acts, 32)
     own_logits = patched_kls(lm, layer, tokens, pos, dict(a=acts), 32)[1]
     texts = {'8 real tokens ending at p': real_tokens(tokens, pos, 8, 'previous')[0],
              '8 real tokens around p': real_tokens(tokens, pos, 8, 'around')[0],
              'the token at p': real_tokens(tokens, pos, 1, 'previous')[0],
              '8 real tokens after p': real_tokens(tokens, pos, 8, 'next')[0],
              "the LM's top 8 next tokens": own_logits.topk(8, -1).indices}
-    patches = {'mean ablation': lens.stats.mean.expand_as(acts), 'shipped lens, its explanation': recon}
-    for reader, encoder in (('identity encoder', lens.encoder), ('shipped encoder', shipped.encoder)):
+    patches = {'mean ablation': lens.stats.mean.expand_as(acts), 'next-words lens, its explanation': recon}
+    for reader, encoder in (('identity encoder', lens.encoder), ('next-words encoder', next_words_lens.encoder)):
         for name, ids in texts.items():
             patches[f'{reader}: {name}'] = torch.cat([encoder(ids[i:i + 32].clamp(min=0)) for i in range(0, n_val, 32)]).float()
     kls = patched_kls(lm, layer, tokens, pos, patches, 32, after=after)[0]

@@ -1,8 +1,8 @@
 """
 What a lens's other words carry beyond the token at p, for a lens whose words hold that token in a fixed
 place: the first word (warm_start_target='current', config/austen_first_word.py) or the last
-('previous', config/austen_previous_words.py; docs/experiments.md). Through the lens's own encoder and
-with only p patched, the KL at p and summed over p+1..p+4 when the encoder reads
+('previous', the embedded default, config/austen_smollm2.py; docs/experiments.md). Through the lens's own
+encoder and with only p patched, the KL at p and summed over p+1..p+4 when the encoder reads
   the lens's words | its word at p's place alone | (first-word lenses) that word, then the LM's greedy
   continuation | the real token at p alone | the lens's words with the real token at p in its place |
   the real tokens of that layout (p..p+T-1 or p-T+1..p),

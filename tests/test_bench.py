@@ -33,3 +33,10 @@ def test_cuda_without_gpu_names_the_fix():
     proc = run_script(*TINY, '--device=cuda', check=False)
     assert proc.returncode != 0
     assert '--device=cpu' in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize('setting', ['--grad_checkpointing=True', '--lora_rank=4'])
+def test_settings_of_the_lm_copies_without_unfreezing_name_the_fix(setting):
+    proc = run_script(*TINY, setting, check=False)
+    assert proc.returncode != 0
+    assert '--unfreeze_at=0' in proc.stderr.strip().splitlines()[-1]
