@@ -298,6 +298,7 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
                     first_word_is_top_token=(ids[:, 0] == logits_a.argmax(-1)).float().mean().item(),
                     first_word_is_current_token=(ids[:, 0] == current[:, 0]).float().mean().item(),
                     words_include_current_token=(ids == current).any(1).float().mean().item(),
+                    last_word_is_current_token=(ids[:, -1] == current[:, 0]).float().mean().item(),
                     lens_beats_current_token=(kls_at_p['lens'] < kls_at_p['text_current_token']).float().mean().item(),
                     lens_beats_model_continuation=(kls_at_p['lens'] < kls_at_p['text_model_continuation']).float().mean().item(),
                     lens_beats_current_and_continuation=(kls_at_p['lens'] < kls_at_p['text_current_and_continuation']).float().mean().item(),
@@ -365,7 +366,8 @@ def extra_lines(metrics, t_text):
              ("first word of the explanation = the LM's top next token", metrics['first_word_is_top_token']),
              ("samples where the lens beats the LM's own continuation", metrics['lens_beats_model_continuation']),
              ("first word of the explanation = the token at p", metrics['first_word_is_current_token']),
-             ("  ... any word of it (where the words end at p, the last)", metrics['words_include_current_token']),
+             ("  ... its last word (where the words end at p)", metrics['last_word_is_current_token']),
+             ("  ... any word of it", metrics['words_include_current_token']),
              ("samples where the lens beats the token at p alone", metrics['lens_beats_current_token']),
              ("  ... the token at p and the LM's continuation", metrics['lens_beats_current_and_continuation']),
              (f"samples with {metrics['downstream_positions']} tokens after p (downstream KL; "

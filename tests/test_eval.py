@@ -146,10 +146,10 @@ def test_results_json_holds_every_metric_and_baseline(run):
     assert len(results['explanations']) == len(results['kl_lens_per_sample']) == 200
     assert m['explanations_unique'] == len(set(results['explanations'])) / 200  # over every sample, not the report's
     assert set(m['kl_best_of_k']) == {'1', '2', '3'}  # 1, 2 and best_of_k itself
-    for key in ('first_word_is_top_token', 'first_word_is_current_token', 'lens_beats_current_token', 'lens_beats_model_continuation',
-                'lens_beats_current_and_continuation'):
+    for key in ('first_word_is_top_token', 'first_word_is_current_token', 'last_word_is_current_token',
+                'lens_beats_current_token', 'lens_beats_model_continuation', 'lens_beats_current_and_continuation'):
         assert 0 <= m[key] <= 1, key
-    assert m['first_word_is_current_token'] <= m['words_include_current_token']
+    assert max(m['first_word_is_current_token'], m['last_word_is_current_token']) <= m['words_include_current_token']
     for label in ('KL mean', 'KL recovered by lens', 'KL p+1..p+4 summed', 'KL at p+4', 'FVE', 'NLL/token of real text',
                   'best of 3', 'SAELens kl_div_score'):
         assert label in run['shards']
