@@ -15,6 +15,13 @@ measured is paired with sample i+1 (mod n) wherever a baseline needs "another sa
   zero, mean        the zero vector; the mean activation over 8,192 train samples (the lens's own statistics)
   resample          the paired sample's activation A'
   text_prev_tokens  the encoder reading the t_text real tokens ending at p (fewer when p + 1 < t_text)
+  text_prev_tokens_frozen  the same tokens read by the frozen LM bare: the end-of-text token, then the tokens,
+                    block L's output at the last one (no prompt, nothing trained)
+  control           the lower mean KL of those two readings (kl_control, kl_downstream_control): the
+                    text-inversion control, first of all. lens_vs_control = kl_lens / kl_control (and after p),
+                    lens_beats_control the fraction of samples where the lens is below both readings
+  lens_words_frozen the lens's own greedy words read by the frozen LM the same bare way: do they mean what
+                    they say to a reader that was not trained with them, or are they a private code?
   text_next_tokens  the encoder reading the (up to) t_text real tokens after p: what a decoder that
                     continues the text from A would write if it were always right
   text_current_token  the encoder reading the token at p alone: how much a lens gets from naming it
@@ -62,7 +69,7 @@ from transformers import DynamicCache
 
 from configurator import configure, given_keys
 from dump import Shards, TokenWindows, read_tokens, same_setting
-from lens import (explain_all, format_sample, load_checkpoint, load_lens, newest_run, patched_kls,
+from lens import (bare_reading, control_patches, explain_all, format_sample, load_checkpoint, load_lens, newest_run, patched_kls,
                   reconstruction_metrics, top_tokens)
 from model import full_precision_logits, load_model, max_context, pick_dtype, read_activations
 
@@ -221,14 +228,15 @@ def baseline_patches(lens, lm, acts, tokens, pos, ids, recon, batch_size):
     """Every baseline's patch at (layer, p), each through the same encoder as the lens where it is text ({name: [n, d]})."""
     t_text, n = lens.cfg.t_text, len(acts)
     partner = torch.arange(n, device=acts.device).roll(-1)
-    previous, following = real_text(tokens, pos, t_text)
+    following = real_text(tokens, pos, t_text)[1]
     continuation, logits_at_p = model_continuation(lm, tokens, pos, t_text, batch_size)
     read = lambda rows: batched(lens.encoder, batch_size, rows).float()
     current, top = tokens.gather(1, pos[:, None]), logits_at_p.topk(t_text, -1).indices
     # what a decoder that writes the token at p and then the model's own prediction would write: the
     # skeptic's baselines for a lens whose words start at p (warm_start_target='current')
     patches = dict(zero=torch.zeros_like(acts), mean=lens.stats.mean.expand_as(acts), resample=acts[partner],
-                   text_prev_tokens=by_length(previous, lens.encoder, batch_size).float(),
+                   **control_patches(lens, tokens, pos, batch_size),
+                   lens_words_frozen=batched(lambda rows: bare_reading(lm, lens.cfg.layer, lens.tokenizer.eot_id, rows), batch_size, ids),
                    text_current_token=read(current), text_shuffled=recon[partner],
                    text_top_tokens=read(top), text_model_continuation=read(continuation),
                    text_current_and_top_tokens=read(torch.cat([current, top[:, :-1]], 1)),
@@ -291,6 +299,15 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
     sampled_kls = torch.stack([kls_at_p[f'sampled_{k}'] for k in range(best_of_k)])
     current = tokens.gather(1, pos[:, None])
     curve = sorted({2 ** i for i in range(best_of_k.bit_length())} | {best_of_k})
+    control = min(('text_prev_tokens', 'text_prev_tokens_frozen'), key=lambda name: methods[name]['kl'])
+    after = [methods[name]['kl_downstream'] for name in ('text_prev_tokens', 'text_prev_tokens_frozen')]
+    kl_downstream_control = None if None in after else min(after)
+    below_both = kls_at_p['lens'] < torch.minimum(kls_at_p['text_prev_tokens'], kls_at_p['text_prev_tokens_frozen'])
+    metrics |= dict(control=control, kl_control=methods[control]['kl'], kl_downstream_control=kl_downstream_control,
+                    lens_vs_control=methods['lens']['kl'] / methods[control]['kl'],
+                    lens_vs_control_downstream=None if kl_downstream_control is None or methods['lens']['kl_downstream'] is None
+                    else methods['lens']['kl_downstream'] / kl_downstream_control,
+                    lens_beats_control=below_both.float().mean().item())
     metrics |= dict(kl_recovered_zero=methods['zero']['kl_recovered'], downstream_positions=downstream_positions,
                     downstream_samples=int(complete.sum()), downstream_left_out=int((~complete).sum()),
                     nll_explanation=nll_explanation.mean().item(), nll_real_text=nll_real.mean().item(),
@@ -362,7 +379,11 @@ def results_table(methods):
 
 
 def extra_lines(metrics, t_text):
-    lines = [('KL recovered vs zero ablation (SAELens kl_div_score)', metrics['kl_recovered_zero']),
+    lines = [(f"the control: the lower KL of the real tokens ending at p read two ways ({metrics['control']})", metrics['kl_control']),
+             ('lens / control at p (below 1: the words hold more of A than their text)', metrics['lens_vs_control']),
+             ('lens / control summed after p', metrics['lens_vs_control_downstream']),
+             ('samples where the lens beats both readings of the real tokens', metrics['lens_beats_control']),
+             ('KL recovered vs zero ablation (SAELens kl_div_score)', metrics['kl_recovered_zero']),
              ("first word of the explanation = the LM's top next token", metrics['first_word_is_top_token']),
              ("samples where the lens beats the LM's own continuation", metrics['lens_beats_model_continuation']),
              ("first word of the explanation = the token at p", metrics['first_word_is_current_token']),
@@ -415,7 +436,7 @@ def plot_learning_curve(rows):
     train = [(r['iter'], r['kl']) for r in rows if r['split'] == 'train']
     if train:
         ax.plot(*zip(*train), color='0.75', lw=1, label='train batch KL')
-    for key, label in (('kl', 'lens'), ('kl_shuffled', 'shuffled explanation'), ('kl_mean_ablation', 'mean ablation'),
+    for key, label in (('kl', 'lens'), ('kl_control', 'the control (real tokens ending at p)'), ('kl_shuffled', 'shuffled explanation'), ('kl_mean_ablation', 'mean ablation'),
                        ('kl_text_top_tokens', "the LM's top tokens"), ('kl_text_current_token', 'the token at p')):
         points = [(r['iter'], r[key]) for r in rows if r['split'] == 'val' and key in r]
         if points:

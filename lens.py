@@ -300,6 +300,29 @@ def real_tokens(tokens, pos, n, which):
     return rows, ~outside.any(1)
 
 
+def bare_reading(lm, layer, eot_id, ids):
+    """The frozen LM reading token rows ids [B, T] bare: the end-of-text token, then the tokens, block `layer`'s output
+    at the last one [B, d]. No prompt and no trained parameter, so no choice of a lens can weaken it."""
+    return block_output(lm, layer, input_ids=torch.cat([ids.new_full((len(ids), 1), eot_id), ids], 1))[:, -1].float()
+
+
+@torch.no_grad()
+def control_patches(lens, tokens, pos, batch_size):
+    """The text-inversion control's two readings of the t_text real tokens ending at p (fewer where p + 1 < t_text),
+    {name: [n, d]}: by the lens's encoder ('text_prev_tokens') and by the frozen LM bare ('text_prev_tokens_frozen').
+    The control is the lower KL of the two: a lens that loses to it writes a worse copy of its input."""
+    lengths = (pos + 1).clamp(max=lens.cfg.t_text)
+    out = {name: torch.empty(len(tokens), lens.stats.mean.shape[0], device=tokens.device)
+           for name in ('text_prev_tokens', 'text_prev_tokens_frozen')}
+    for n in lengths.unique().tolist():
+        rows = (lengths == n).nonzero()[:, 0]
+        for s in rows.split(batch_size):
+            ids = real_tokens(tokens[s], pos[s], n, 'previous')[0]
+            out['text_prev_tokens'][s] = lens.encoder(ids).float()
+            out['text_prev_tokens_frozen'][s] = bare_reading(lens.lm, lens.cfg.layer, lens.tokenizer.eot_id, ids)
+    return out
+
+
 @torch.no_grad()
 def patched_kls(lm, layer, tokens, pos, patches, batch_size, after=0):
     """The measurement that train.py's periodic eval and eval.py share: KL(P(.|A) || P(.|patch)) at p per
@@ -364,16 +387,21 @@ class Lens(nn.Module):
         return result
 
     def forward(self, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
-                warm_target='previous', resample=False, kl_positions=0, w_downstream=1.0, w_current_token=0.0):
+                warm_target='previous', resample=False, kl_positions=0, w_downstream=1.0, w_current_token=0.0,
+                w_search=0.0, search_k=8):
         """The training losses for a batch. Returns a dict of scalars: 'loss' is the weighted total, 'lm',
-        'warm' and 'kl_real_text' are there only while their weights are non-zero (their passes are skipped
-        otherwise).
+        'warm', 'kl_real_text', 'search' and 'kl_search' are there only while their weights are non-zero
+        (their passes are skipped otherwise).
         resample: patch Â + (A' - Â') with A' another sample of the batch, so the KL measures whether
         the reconstruction error carried over from another context still preserves A's function.
         w_warm: weight of the warm start, which gives both sides a per-sample target from the first step:
         the decoder's cross-entropy for writing t_text real tokens (teacher-forced), and the KL of the
         encoder reading them ('warm' and 'kl_real_text' in the dict). warm_target: the tokens ending at p
         ('previous'), following it ('next') or around it ('around').
+        w_search weighs expert iteration: search_k explanations sampled from the decoder (temperature 1), the
+        training sample and the warm start's real tokens are each read by the encoder and patched in, and the
+        decoder's teacher-forced cross-entropy for the one with the lowest KL at p is the loss 'search' ('kl_search':
+        that KL). The decoder learns from A alone what a search against A finds, starting from the real text.
         kl_positions=K: also the KL at the K positions after p, only p patched (later tokens read p's
         residual through attention, for what it says about the text so far), summed over the positions
         inside the window, weighted by w_downstream ('kl_downstream' in the dict).
@@ -387,13 +415,18 @@ class Lens(nn.Module):
             one_hot, dec_logits, ids = self.decoder(acts, tau)
         with record_function('lens.encoder'):
             recon = self.encoder(one_hot)
-            if w_warm > 0:
+            if w_warm > 0 or w_search > 0:
                 targets, complete = real_tokens(tokens, pos, self.cfg.t_text, warm_target)
-                recon_real = self.encoder(targets.clamp(min=0))
+                with torch.set_grad_enabled(w_warm > 0 and torch.is_grad_enabled()):
+                    recon_real = self.encoder(targets.clamp(min=0))
+        if w_search > 0:
+            with record_function('lens.search'), torch.no_grad():
+                sampled = self.decoder(acts.repeat(search_k, 1), mode='sample')[2]
+                recon_sampled = self.encoder(sampled).float().view(search_k, len(acts), -1)
         with record_function('lens.kl'):
             patch = recon + (acts.roll(1, 0) - recon.roll(1, 0)) if resample else recon
-            logits_a, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, patch,
-                                                  *([recon_real] if w_warm > 0 else []), after=kl_positions)
+            extra = ([recon_real] if w_warm > 0 or w_search > 0 else []) + (list(recon_sampled) if w_search > 0 else [])
+            logits_a, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, patch, *extra, after=kl_positions)
             if kl_positions:
                 later = kl_div(logits_a[:, 1:], logits[0][:, 1:]) * positions_in_window(pos, kl_positions, tokens.shape[1])[:, 1:]
                 logits_a, logits = logits_a[:, 0], [x[:, 0] for x in logits]
@@ -411,16 +444,28 @@ class Lens(nn.Module):
                 natural = self.natural_prefix[None].expand(len(ids), -1)
                 base_logits = self.lm(input_ids=torch.cat([natural, ids], 1), logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
             out['lm'] = kl_div(base_logits, dec_logits).mean()
+        if w_warm > 0 or w_search > 0:
+            kl_real = kl_div(logits_a, logits[1])
         if w_warm > 0:
             with record_function('lens.warm_start'):
                 logits_warm = self.decoder.teacher_forced_logits(acts, targets)
                 out['warm'] = F.cross_entropy(logits_warm.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
                 # rows that run past the window are padded: the encoder learns only from complete ones
-                kl_real = kl_div(logits_a, logits[1])
                 out['kl_real_text'] = (kl_real * complete).sum() / complete.sum().clamp(min=1)
+        if w_search > 0:
+            with record_function('lens.search'):
+                candidates = torch.stack([ids, targets.clamp(min=0), *sampled.view(search_k, len(acts), -1)])
+                kls = torch.stack([kl.detach(), kl_real.detach().masked_fill(~complete, float('inf')),
+                                   *(kl_div(logits_a, x) for x in logits[2:])])
+                best = kls.argmin(0)
+                target = candidates[best, torch.arange(len(acts), device=acts.device)]
+                logits_best = self.decoder.teacher_forced_logits(acts, target)
+                out['search'] = F.cross_entropy(logits_best.flatten(0, 1).float(), target.flatten())
+                out['kl_search'] = kls.min(0).values.mean()
         out['loss'] = (w_kl * out['kl'] + w_lm * out.get('lm', 0) - w_entropy * out['entropy'] + w_mse * out['mse']
                        + w_warm * (out['warm'] + out['kl_real_text'] if w_warm > 0 else 0)
-                       + w_downstream * out.get('kl_downstream', 0) + w_current_token * out.get('current_token', 0))
+                       + w_downstream * out.get('kl_downstream', 0) + w_current_token * out.get('current_token', 0)
+                       + w_search * out.get('search', 0))
         return out | dict(fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())
 
     @torch.no_grad()

@@ -31,8 +31,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import configure, given_keys
 from dump import Shards, TokenWindows, batch_indices, read_tokens, same_setting, start_ranks
-from lens import (Lens, LensConfig, explain_all, format_sample, load_checkpoint, newest_run, patched_kls,
-                  reconstruction_metrics, save_lens_folder)
+from lens import (Lens, LensConfig, bare_reading, control_patches, explain_all, format_sample, load_checkpoint, newest_run,
+                  patched_kls, reconstruction_metrics, save_lens_folder)
 from model import DTYPES, check_layer, compile_blocks, load_model, next_token_logits, pick_dtype, use_tf32
 
 # -----------------------------------------------------------------------------
@@ -79,6 +79,8 @@ kl_positions = 0  # also the KL at the K positions after p, only p patched: late
 w_downstream = 1.0  # weight of that KL, summed over the K positions
 w_current_token = 0.0  # the decoder's cross-entropy for the token at p in the word where warm_start_target puts it
 # (the first for 'current', the last for 'previous'), the whole run
+w_search = 0.0  # expert iteration: the decoder's cross-entropy for the lowest-KL of search_k sampled explanations,
+search_k = 8  # its training sample and the warm start's real tokens (lens.py's Lens.forward), the whole run
 warm_start_weight = 1.0  # the decoder's cross-entropy for writing the real tokens after p (and the encoder's KL
 warm_start_iters = 100  # reading them), decayed linearly to 0 over these iterations: a per-sample signal from step 0
 warm_start_target = 'next'  # the real tokens it writes and reads: 'next' (after p), 'current' (from p), 'previous' (ending at p) or 'around' p
@@ -159,6 +161,9 @@ if w_current_token > 0 and warm_start_target == 'next':
     raise SystemExit(f"w_current_token={w_current_token} asks for the token at p in the word where warm_start_target puts "
                      f"it, and 'next' (the tokens after p) has none: use 'current' (the first word), 'previous' (the last) "
                      f"or 'around', or w_current_token=0")
+if w_search > 0 and search_k < 1:
+    raise SystemExit(f"w_search={w_search} picks the best of search_k sampled explanations, and search_k={search_k} samples "
+                     f"none: pass e.g. --search_k=8, or w_search=0")
 if device.startswith('cuda'):
     use_tf32()
 
@@ -364,7 +369,9 @@ def get_batch(it, micro_step):
 @torch.no_grad()
 def evaluate():
     """eval.py's measurement on the last periodic_eval_samples val samples, greedy explanations: the
-    lens's KL at p beside the KL of the encoder reading the frozen LM's own top t_text next tokens (a lens
+    lens's KL at p beside the text-inversion control (the real tokens ending at p read by the lens's encoder and
+    by the frozen LM bare, the lower of the two: 'control'), the lens's words read bare, the KL of the encoder
+    reading the frozen LM's own top t_text next tokens (a lens
     that only ties it writes down the model's output), of the encoder reading the token at p alone (a lens
     whose words start at p must beat it), of a shuffled explanation (sample i+1's Â: equal
     means the words carry nothing about A) and of mean ablation (the scale); the same patches' KL summed
@@ -382,8 +389,10 @@ def evaluate():
         everyone = [torch.empty_like(recon) for _ in range(world)]
         torch.distributed.all_gather(everyone, recon.contiguous())
         shuffled = everyone[(rank + 1) % world] if rank + 1 < world else everyone[0].roll(-1, 0)
+    words_frozen = chunks(lambda i, j: bare_reading(lm, layer, tokenizer.eot_id, ids[i:j]))
     patches = dict(lens=recon, shuffled=shuffled, mean_ablation=raw_lens.stats.mean.expand_as(acts), text_top_tokens=top,
-                   text_current_token=current)
+                   text_current_token=current, lens_words_frozen=words_frozen,
+                   **control_patches(raw_lens, tokens, pos, micro_batch))
     kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, patches, micro_batch, after=downstream_positions)
     samples = [format_sample(tokenizer, tokens[b], int(pos[b]), explanations[b], logits_a[b], logits_recon[b])
                for b in range(min(len(acts), num_print_samples))]
@@ -396,8 +405,11 @@ def evaluate():
         kl, recon, acts = (torch.cat([g[i] for g in gathered], dim) for i, dim in ((0, 1), (1, 0), (2, 0)))
         explanations = [e for g in gathered for e in g[3]]
     at_p, downstream = kl[..., 0].mean(1).tolist(), kl[..., 1].nanmean(1).tolist()
+    control = [list(patches).index(name) for name in ('text_prev_tokens', 'text_prev_tokens_frozen')]
     return dict(**{'kl' if name == 'lens' else f'kl_{name}': v for name, v in zip(patches, at_p)},
                 **{'kl_downstream' if name == 'lens' else f'kl_downstream_{name}': v for name, v in zip(patches, downstream)},
+                kl_control=min(at_p[i] for i in control), kl_downstream_control=min(downstream[i] for i in control),
+                lens_beats_control=(kl[0, :, 0] < kl[control, :, 0].min(0).values).float().mean().item(),
                 explanations_unique=len(set(explanations)) / len(explanations),
                 **reconstruction_metrics(recon, acts)), samples
 
@@ -511,9 +523,13 @@ while True:
     if iter_num % eval_interval == 0 or last_step:
         metrics, samples = evaluate()
         log_row(split='val', **metrics)  # on disk before the console shows it
-        print0(f"eval iter {iter_num}: val KL {metrics['kl']:.4f}, the LM's top tokens {metrics['kl_text_top_tokens']:.4f}, "
-               f"the token at p {metrics['kl_text_current_token']:.4f}, shuffled explanation {metrics['kl_shuffled']:.4f}, mean ablation {metrics['kl_mean_ablation']:.4f} | "
-               f"KL p+1..p+{downstream_positions} {metrics['kl_downstream']:.4f}, mean ablation "
+        print0(f"eval iter {iter_num}: val KL {metrics['kl']:.4f} against the control {metrics['kl_control']:.4f} (the real "
+               f"tokens ending at p: the lens's encoder {metrics['kl_text_prev_tokens']:.4f}, the frozen LM bare "
+               f"{metrics['kl_text_prev_tokens_frozen']:.4f}; the lens beats it on {metrics['lens_beats_control']:.0%}), "
+               f"the lens's words read bare {metrics['kl_lens_words_frozen']:.4f}, the LM's top tokens "
+               f"{metrics['kl_text_top_tokens']:.4f}, the token at p {metrics['kl_text_current_token']:.4f}, shuffled explanation "
+               f"{metrics['kl_shuffled']:.4f}, mean ablation {metrics['kl_mean_ablation']:.4f} | KL p+1..p+{downstream_positions} "
+               f"{metrics['kl_downstream']:.4f}, control {metrics['kl_downstream_control']:.4f}, mean ablation "
                f"{metrics['kl_downstream_mean_ablation']:.4f} | distinct explanations "
                f"{metrics['explanations_unique']:.2f} | MSE {metrics['mse']:.4f} FVE {metrics['fve']:.4f}")
         for sample in samples:
@@ -544,7 +560,8 @@ while True:
             lens.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         out = lens(acts, tokens, pos, tau=tau, w_kl=w_kl, w_lm=alpha * w_lm, w_entropy=w_ent, w_mse=w_mse,
                    w_warm=w_warm, warm_target=warm_start_target, resample=resample_ablation,
-                   kl_positions=kl_positions, w_downstream=w_downstream, w_current_token=w_current_token)
+                   kl_positions=kl_positions, w_downstream=w_downstream, w_current_token=w_current_token,
+                   w_search=w_search, search_k=search_k)
         (out['loss'] / gradient_accumulation_steps).backward()
         parts = {k: parts.get(k, 0) + v.detach() / gradient_accumulation_steps for k, v in out.items()}
     flags = torch.tensor([float(not torch.isfinite(parts['loss'])), float(stop_requested)], device=device)
@@ -569,7 +586,7 @@ while True:
     if iter_num % log_interval == 0:
         parts = {k: v.item() for k, v in parts.items()}
         step_time = np.mean(step_times[-log_interval:])
-        optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text', 'kl_downstream', 'current_token') if k in parts)
+        optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text', 'kl_downstream', 'current_token', 'search', 'kl_search') if k in parts)
         memory = torch.tensor(peak_memory_mib(), device=device)
         if ddp:
             torch.distributed.all_reduce(memory, op=torch.distributed.ReduceOp.MAX)

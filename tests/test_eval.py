@@ -20,7 +20,7 @@ from model import frozen, load_model, next_token_logits, read_activations
 
 REQUIRED = ['explanations_unique', 'kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_next_tokens', 'kl_text_current_token', 'kl_text_shuffled', 'kl_text_empty',
             'fve', 'nll_explanation', 'nll_real_text', 'edit_rises', 'edit_rises_other', 'edit_logp_gain', 'edit_logp_gain_other']
-BASELINES = ['zero', 'mean', 'resample', 'text_prev_tokens', 'text_next_tokens', 'text_current_token', 'text_shuffled', 'text_empty',
+BASELINES = ['zero', 'mean', 'resample', 'text_prev_tokens', 'text_prev_tokens_frozen', 'lens_words_frozen', 'text_next_tokens', 'text_current_token', 'text_shuffled', 'text_empty',
              'text_top_tokens', 'text_model_continuation', 'text_current_and_top_tokens', 'text_current_and_continuation']
 HOSTILE = 'Hi <script>alert(1)</script> & "quotes"\nline two'
 
@@ -146,11 +146,18 @@ def test_results_json_holds_every_metric_and_baseline(run):
     assert len(results['explanations']) == len(results['kl_lens_per_sample']) == 200
     assert m['explanations_unique'] == len(set(results['explanations'])) / 200  # over every sample, not the report's
     assert set(m['kl_best_of_k']) == {'1', '2', '3'}  # 1, 2 and best_of_k itself
+    readings = {name: m[f'kl_{name}'] for name in ('text_prev_tokens', 'text_prev_tokens_frozen')}
+    assert m['control'] == min(readings, key=readings.get) and m['kl_control'] == min(readings.values())
+    assert m['kl_downstream_control'] == min(m['kl_downstream_text_prev_tokens'], m['kl_downstream_text_prev_tokens_frozen'])
+    assert m['lens_vs_control'] == pytest.approx(m['kl_lens'] / m['kl_control'])
+    assert m['lens_vs_control_downstream'] == pytest.approx(m['kl_downstream_lens'] / m['kl_downstream_control'])
+    per_sample = torch.tensor(results['kl_lens_per_sample'])
+    assert 0 < m['lens_beats_control'] < 1 and (per_sample < m['kl_control']).float().mean() > 0
     for key in ('first_word_is_top_token', 'first_word_is_current_token', 'last_word_is_current_token',
                 'lens_beats_current_token', 'lens_beats_model_continuation', 'lens_beats_current_and_continuation'):
         assert 0 <= m[key] <= 1, key
     assert max(m['first_word_is_current_token'], m['last_word_is_current_token']) <= m['words_include_current_token']
-    for label in ('KL mean', 'KL recovered by lens', 'KL p+1..p+4 summed', 'KL at p+4', 'FVE', 'NLL/token of real text',
+    for label in ('the control: the lower KL', 'lens / control at p', 'KL mean', 'KL recovered by lens', 'KL p+1..p+4 summed', 'KL at p+4', 'FVE', 'NLL/token of real text',
                   'best of 3', 'SAELens kl_div_score'):
         assert label in run['shards']
     assert run['shards'].strip().splitlines()[-1].endswith('report.html')
@@ -285,3 +292,21 @@ def test_edit_shows_three_predictions_and_moves_the_edited_one(run, shared):
     assert tops['next with edit'].split('(KL')[0].strip() != tops['next with Â'].strip()
     page = (shared / 'report_text.html').read_text()
     assert '<th>next with the edit</th>' in page and 'zq zq zq' in page and 'data-edit=' in page
+
+
+def test_the_control_reads_the_real_tokens_ending_at_p_with_the_encoder_and_with_the_frozen_lm_bare():
+    """control_patches against an independent path: the encoder on tokens p-3..p (fewer at the window's start), and the
+    frozen LM's block output at the last of [end-of-text, those tokens], no prompt."""
+    from lens import control_patches
+    lm, tokenizer = load_model('tiny-llama')
+    tokens = torch.randint(0, 200, (5, 16), generator=torch.Generator().manual_seed(2))
+    pos = torch.tensor([3, 9, 1, 15, 0])
+    lens = Lens(LensConfig(layer=1, t_text=4), lm, tokenizer)
+    lens.stats.set(read_activations(lm, 1, tokens, pos))
+    torch.nn.init.normal_(lens.encoder.proj.weight, std=0.05)
+    patches = control_patches(lens, tokens, pos, batch_size=2)
+    for b, p in enumerate(pos.tolist()):
+        words = tokens[b, max(0, p - 3):p + 1][None]
+        bare = lm.base_model(torch.cat([torch.tensor([[tokenizer.eot_id]]), words], 1), output_hidden_states=True)
+        torch.testing.assert_close(patches['text_prev_tokens'][b], lens.encoder(words)[0].float(), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(patches['text_prev_tokens_frozen'][b], bare.hidden_states[2][0, -1], rtol=1e-4, atol=1e-4)

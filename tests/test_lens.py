@@ -410,3 +410,31 @@ def test_embedding_rms_streams_the_embedding_matrix_and_equals_its_formula(monke
     assert 0 < mode.largest <= 64 * d < V * d
     expected = (lm.get_input_embeddings().weight.float() * 8.0).pow(2).mean().sqrt()  # Gemma scales by sqrt(d) = 8
     torch.testing.assert_close(stats.embedding_rms, expected, rtol=1e-5, atol=0)
+
+
+def test_search_teaches_the_lowest_kl_of_the_sampled_words_the_training_sample_and_the_real_text():
+    """w_search: an independent path to the same candidates (the same noise, drawn in the same order), each read
+    by the encoder and patched in with patched_kls; the loss is the decoder's cross-entropy for the lowest-KL one."""
+    from lens import patched_kls, real_tokens
+    lm, tokenizer = load_model('tiny-llama')
+    acts, tokens, pos = batch(lm, B=6)
+    pos[1] = 1  # a window whose start cuts the real text short
+    acts = read_activations(lm, LAYER, tokens, pos)
+    lens = Lens(LensConfig(layer=LAYER, t_text=3, encoder_init='identity'), lm, tokenizer)
+    lens.stats.set(acts)
+    torch.manual_seed(0)
+    out = lens(acts, tokens, pos, w_kl=0.0, w_warm=0.5, w_search=1.0, search_k=5)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        trained = lens.decoder(acts, 1.0)[2]
+        sampled = lens.decoder(acts.repeat(5, 1), mode='sample')[2].view(5, 6, -1)
+        real, complete = real_tokens(tokens, pos, 3, 'previous')
+        candidates = torch.stack([trained, real.clamp(min=0), *sampled])
+        kls = torch.stack([patched_kls(lm, LAYER, tokens, pos, dict(c=lens.encoder(c)), 2)[0]['c'] for c in candidates])
+        kls[1, ~complete] = float('inf')  # the real text where the window has it
+    best = candidates[kls.argmin(0), torch.arange(6)]
+    expected = torch.nn.functional.cross_entropy(lens.decoder.teacher_forced_logits(acts, best).flatten(0, 1), best.flatten())
+    assert not complete.all() and (kls.argmin(0) > 0).any(), 'the batch should test the masked real text and the samples'
+    torch.testing.assert_close(out['kl_search'], kls.min(0).values.mean(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out['search'], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out['loss'], 0.5 * (out['warm'] + out['kl_real_text']) + out['search'], rtol=1e-5, atol=1e-6)

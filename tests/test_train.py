@@ -79,7 +79,9 @@ def test_log_jsonl_of_a_run_killed_and_resumed_equals_an_uninterrupted_runs(shar
                                                          ('train', 8), ('train', 10), ('train', 12), ('val', 12)]
     assert {'loss', 'kl', 'entropy', 'fve', 'lr', 'tau', 'alpha', *TIMING} <= set(whole[1])
     assert {'kl', 'kl_shuffled', 'kl_mean_ablation', 'kl_text_top_tokens', 'kl_text_current_token', 'kl_downstream', 'kl_downstream_mean_ablation',
-            'explanations_unique', 'fve'} <= set(whole[0])
+            'kl_text_prev_tokens', 'kl_text_prev_tokens_frozen', 'kl_lens_words_frozen', 'kl_control', 'kl_downstream_control',
+            'lens_beats_control', 'explanations_unique', 'fve'} <= set(whole[0])
+    assert whole[0]['kl_control'] == min(whole[0]['kl_text_prev_tokens'], whole[0]['kl_text_prev_tokens_frozen'])
     assert whole[0]['kl'] == pytest.approx(whole[0]['kl_mean_ablation'])  # iteration 0 is mean ablation
     proc = subprocess.Popen([sys.executable, 'train.py', *args(settings | dict(run_name='log_cut'))], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'})
