@@ -422,14 +422,15 @@ class Lens(nn.Module):
         if w_search > 0:
             with record_function('lens.search'), torch.no_grad():
                 sampled = self.decoder(acts.repeat(search_k, 1), mode='sample')[2]
-                recon_sampled = self.encoder(sampled).float().view(search_k, len(acts), -1)
+                recon_sampled = self.encoder(sampled).view(search_k, len(acts), -1)
         with record_function('lens.kl'):
             patch = recon + (acts.roll(1, 0) - recon.roll(1, 0)) if resample else recon
-            extra = ([recon_real] if w_warm > 0 or w_search > 0 else []) + (list(recon_sampled) if w_search > 0 else [])
-            logits_a, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, patch, *extra, after=kl_positions)
+            logits_a, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, patch,
+                                                  *([recon_real] if w_warm > 0 or w_search > 0 else []), after=kl_positions,
+                                                  stacked=recon_sampled.transpose(0, 1) if w_search > 0 else None)
             if kl_positions:
                 later = kl_div(logits_a[:, 1:], logits[0][:, 1:]) * positions_in_window(pos, kl_positions, tokens.shape[1])[:, 1:]
-                logits_a, logits = logits_a[:, 0], [x[:, 0] for x in logits]
+                logits_a, logits = logits_a[:, 0], [x[..., 0, :] for x in logits]
             kl = kl_div(logits_a, logits[0])
         out = dict(kl=kl.mean(), entropy=entropy(dec_logits).mean(), mse=((recon - acts) / self.stats.scale).pow(2).mean())
         if kl_positions:
@@ -446,22 +447,26 @@ class Lens(nn.Module):
             out['lm'] = kl_div(base_logits, dec_logits).mean()
         if w_warm > 0 or w_search > 0:
             kl_real = kl_div(logits_a, logits[1])
-        if w_warm > 0:
-            with record_function('lens.warm_start'):
-                logits_warm = self.decoder.teacher_forced_logits(acts, targets)
-                out['warm'] = F.cross_entropy(logits_warm.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-                # rows that run past the window are padded: the encoder learns only from complete ones
-                out['kl_real_text'] = (kl_real * complete).sum() / complete.sum().clamp(min=1)
+        # the decoder's teacher-forced targets: the real tokens (warm start) and the search's best, in one pass
+        forced = ([targets] if w_warm > 0 else [])
         if w_search > 0:
             with record_function('lens.search'):
                 candidates = torch.stack([ids, targets.clamp(min=0), *sampled.view(search_k, len(acts), -1)])
-                kls = torch.stack([kl.detach(), kl_real.detach().masked_fill(~complete, float('inf')),
-                                   *(kl_div(logits_a, x) for x in logits[2:])])
-                best = kls.argmin(0)
-                target = candidates[best, torch.arange(len(acts), device=acts.device)]
-                logits_best = self.decoder.teacher_forced_logits(acts, target)
-                out['search'] = F.cross_entropy(logits_best.flatten(0, 1).float(), target.flatten())
+                kls = torch.cat([kl.detach()[None], kl_real.detach().masked_fill(~complete, float('inf'))[None],
+                                 kl_div(logits_a[:, None], logits[2]).T])
+                forced.append(candidates[kls.argmin(0), torch.arange(len(acts), device=acts.device)])
                 out['kl_search'] = kls.min(0).values.mean()
+        if forced:
+            with record_function('lens.warm_start'):
+                logits_forced = self.decoder.teacher_forced_logits(acts.repeat(len(forced), 1), torch.cat(forced))
+                losses = [F.cross_entropy(x.flatten(0, 1).float(), t.flatten(), ignore_index=-100)
+                          for x, t in zip(logits_forced.chunk(len(forced)), forced)]
+        if w_warm > 0:
+            out['warm'] = losses[0]
+            # rows that run past the window are padded: the encoder learns only from complete ones
+            out['kl_real_text'] = (kl_real * complete).sum() / complete.sum().clamp(min=1)
+        if w_search > 0:
+            out['search'] = losses[-1]
         out['loss'] = (w_kl * out['kl'] + w_lm * out.get('lm', 0) - w_entropy * out['entropy'] + w_mse * out['mse']
                        + w_warm * (out['warm'] + out['kl_real_text'] if w_warm > 0 else 0)
                        + w_downstream * out.get('kl_downstream', 0) + w_current_token * out.get('current_token', 0)

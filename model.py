@@ -412,7 +412,7 @@ def prefix_attention_mask(pos, length, dtype, window=None):
     return torch.zeros(allowed.shape, dtype=dtype, device=pos.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def next_token_logits(lm, layer, tokens, pos, *patches, after=0):
+def next_token_logits(lm, layer, tokens, pos, *patches, after=0, stacked=None):
     """The logits at p as the LM computes them, then with block `layer`'s output at p replaced by each of
     `patches` ([B, d] each), by the cheap exact path: the logits at p depend only on tokens 0..p, so run
     0..p once without grad (left-padded to a common length), which gives the LM's own logits at p and
@@ -421,7 +421,10 @@ def next_token_logits(lm, layer, tokens, pos, *patches, after=0):
     after=K: the logits at p..p+K instead ([B, K + 1, V] each), p still the only position patched: the
     later tokens read p's residual through attention. The prefix pass runs over 0..p+K and each patch's
     step over p..p+K. Where p+K runs past the window the missing tokens' logits are garbage: mask them
-    with positions_in_window."""
+    with positions_in_window.
+    stacked [B, K, d]: K more patches per sample, run in one step at batch B x K (the prefix's keys and values
+    repeated) rather than K steps, each of which would read every weight again; their logits come last, [B, K, V]
+    ([B, K, K + 1, V] with after)."""
     B, P, T = len(tokens), int(pos.max()), tokens.shape[1]
     source = torch.arange(P + 1 + after, device=tokens.device)[None] - (P - pos[:, None])  # p at column P
     config, dtype = lm.config.get_text_config(), compute_dtype(lm)
@@ -442,7 +445,13 @@ def next_token_logits(lm, layer, tokens, pos, *patches, after=0):
         with patched(lm, layer, torch.zeros_like(pos), patch):
             logits.append(full_precision_logits(lm, lm.base_model(**step).last_hidden_state))
         cache.crop(-1 - after)
-    return [x[:, 0] for x in logits] if after == 0 else logits
+    if stacked is not None:
+        K = stacked.shape[1]
+        cache.batch_repeat_interleave(K)  # row b*K + k is sample b's k-th patch
+        step = {k: v.repeat_interleave(K, 0) if torch.is_tensor(v) else v for k, v in step.items()} | dict(past_key_values=cache)
+        with patched(lm, layer, pos.new_zeros(B * K), stacked.flatten(0, 1)):
+            logits.append(full_precision_logits(lm, lm.base_model(**step).last_hidden_state).unflatten(0, (B, K)))
+    return [x[..., 0, :] for x in logits] if after == 0 else logits
 
 
 def positions_in_window(pos, after, length):

@@ -36,6 +36,21 @@ def test_cheap_kl_equals_the_naive_patched_forward(name):
     torch.testing.assert_close(grad, naive_grad, rtol=1e-4, atol=1e-4 * naive_grad.abs().max().item())  # fp32 sums in another order
 
 
+@pytest.mark.parametrize('name', ['tiny-gpt2', 'tiny-gemma2'])
+@pytest.mark.parametrize('after', [0, 2])
+def test_stacked_patches_in_one_step_equal_one_step_per_patch(name, after):
+    lm, _ = load_model(name)
+    acts, tokens, pos = batch(lm)
+    many = acts[:, None] + torch.randn(len(acts), 3, acts.shape[1], generator=torch.Generator().manual_seed(2))
+    own, *single = next_token_logits(lm, LAYER, tokens, pos, acts, *many.unbind(1), after=after)
+    own_stacked, first, stacked = next_token_logits(lm, LAYER, tokens, pos, acts, after=after, stacked=many)
+    assert stacked.shape == (len(acts), 3, *single[0].shape[1:])
+    torch.testing.assert_close(own_stacked, own)
+    torch.testing.assert_close(first, single[0])
+    for k in range(3):
+        torch.testing.assert_close(stacked[:, k], single[k + 1], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize('name', TINY_MODELS)
 def test_downstream_kls_equal_the_naive_patched_window_and_mark_what_is_past_it(name):
     """patched_kls(after=K): only p patched, the KL at p..p+K of the whole window's forward; NaN past the window."""
