@@ -292,6 +292,7 @@ def test_training_from_tokens_equals_training_from_the_dump(shards, tmp_path):
     (dict(dtype='int8'), "dtype='int8' loads the frozen LM with bitsandbytes, which needs a CUDA GPU"),
     (dict(warm_start_target='later'), "warm_start_target='later'"),
     (dict(w_current_token=1.0, warm_start_target='next'), "and 'next' (the tokens after p) has none"),
+    (dict(w_search=1.0, search_k=0), "w_search=1.0 picks the best of search_k sampled explanations, and search_k=0"),
     (dict(grad_checkpointing=True), "grad_checkpointing=True recomputes the activations of the unfrozen LM copies"),
     (dict(acts_source='memory'), "acts_source='memory': use 'shards' (run dump.py first) or 'tokens'"),
     (dict(lr_schedule='step'), "lr_schedule='step': use one of cosine, linear, polynomial"),
@@ -354,3 +355,11 @@ def test_the_lens_words_carry_each_activations_own_information(tmp_path):
     final = read_log(out, 'tiny')[-1]
     assert final['split'] == 'val' and final['iter'] == 120 and re.search(r"the LM's top tokens \d", log)
     assert final['kl'] < 0.92 * final['kl_shuffled'], log[-1500:]
+
+
+def test_the_search_logs_a_target_no_worse_than_the_training_sample_or_the_real_text(shards):
+    train(shards, 'search', max_iters=4, eval_interval=4, w_search=1.0, search_k=2, warm_start_target='previous')
+    rows = [r for r in read_log(shards, 'search') if r['split'] == 'train']
+    assert len(rows) == 2
+    for r in rows:  # per sample the lowest KL of its candidates, the training sample and the real text among them
+        assert r['kl_search'] <= min(r['kl'], r['kl_real_text']) + 1e-6 and r['search'] > 0, r
