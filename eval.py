@@ -10,31 +10,11 @@ the per-sample KL distributions of the lens and every baseline, and the KL at ea
     $ python eval.py config/austen_smollm2.py --text_file=letter.txt --positions=3,5
     $ python eval.py --lens=out/austen/RUN/lens --text="She was" --edit=" a great fortune"
 
-Every baseline goes through the same patch at (layer, p) as the lens's Â, and sample i of the n
-measured is paired with sample i+1 (mod n) wherever a baseline needs "another sample":
-  zero, mean        the zero vector; the mean activation over 8,192 train samples (the lens's own statistics)
-  resample          the paired sample's activation A'
-  text_prev_tokens  the encoder reading the t_text real tokens ending at p (fewer when p + 1 < t_text)
-  text_prev_tokens_frozen  the same tokens read by the frozen LM bare: the end-of-text token, then the tokens,
-                    block L's output at the last one (no prompt, nothing trained)
-  control           the lower mean KL of those two readings (kl_control, kl_downstream_control): the
-                    text-inversion control, first of all. lens_vs_control = kl_lens / kl_control (and after p),
-                    lens_beats_control the fraction of samples where the lens is below both readings
-  lens_words_frozen the lens's own greedy words read by the frozen LM the same bare way: do they mean what
-                    they say to a reader that was not trained with them, or are they a private code?
-  text_next_tokens  the encoder reading the (up to) t_text real tokens after p: what a decoder that
-                    continues the text from A would write if it were always right
-  text_current_token  the encoder reading the token at p alone: how much a lens gets from naming it
-  text_shuffled     the encoder reading the paired sample's greedy explanation (the encoder is
-                    deterministic, so this is the paired sample's Â)
-  text_empty        the encoder reading an empty explanation: its prompt alone
-  text_top_tokens   the encoder reading the frozen LM's own t_text most likely next tokens at p (from A's
-                    logits, most likely first): a lens that only ties it writes down the model's output
-  text_model_continuation  the encoder reading the frozen LM's own greedy t_text-token continuation of
-                    tokens 0..p of the window
-  text_current_and_top_tokens, text_current_and_continuation  the token at p, then the first t_text - 1
-                    of those: what a decoder that names p's token and then the model's own prediction
-                    would write (the lens to beat where the words start at p, warm_start_target='current')
+Every baseline goes through the same patch at (layer, p) as the lens's Â; each is defined in one line
+where baseline_patches builds it, the table train.py's periodic eval shares. The control, first of all:
+the lower mean KL of the two readings of the real tokens ending at p (kl_control, kl_downstream_control);
+lens_vs_control = kl_lens / kl_control (and after p), lens_beats_control the fraction of samples where
+the lens is below both readings.
 KL recovered vs a baseline = 1 - KL_lens / KL_baseline, over the means (kl_recovered_zero, against zero
 ablation, is SAELens' kl_div_score).
 Downstream: with only p patched, the KL at p+1..p+downstream_positions, where later tokens read p's
@@ -54,9 +34,6 @@ paired sample, read by the encoder and patched in; edit_rises is how often that 
 of their first token over Â's, edit_rises_other how often it raises the first token of a third sample's
 edit (the control: an edit that moves predictions at random raises both as often).
 """
-import base64
-import html
-import io
 import json
 import os
 import re
@@ -65,13 +42,14 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
+from checkpoint import find_checkpoint, load_checkpoint, load_lens, read_log
 from configurator import configure, given_keys
-from dump import Shards, TokenWindows, read_tokens, same_setting
-from lens import (bare_reading, control_patches, explain_all, format_sample, load_checkpoint, load_lens, newest_run, patched_kls,
-                  reconstruction_metrics, top_tokens)
-from model import full_precision_logits, load_model, max_context, pick_dtype, read_activations
+from dump import Shards, TokenWindows, read_tokens
+from baselines import baseline_patches, batched, by_length, model_continuation, real_text
+from lens import explain_all, format_sample, patched_kls, reconstruction_metrics, top_tokens
+from model import load_model, max_context, pick_dtype, read_activations
+from report import fmt, sample_html, show_tops, text_report, top_pairs, val_report
 
 # -----------------------------------------------------------------------------
 # shared with dump.py and train.py
@@ -104,21 +82,6 @@ edit = None  # with a text: these words replace the explanation at the last toke
 # -----------------------------------------------------------------------------
 
 
-def find_checkpoint(lens_folder, ckpt, run_name, out_dir):
-    """--lens or --ckpt, else best.pt (or ckpt.pt) of run_name, else of the run in out_dir saved most recently."""
-    if lens_folder and ckpt:
-        raise SystemExit(f"lens={lens_folder!r} and ckpt={ckpt!r} both name the lens to load: pass one of them")
-    if lens_folder or ckpt:
-        return lens_folder or ckpt
-    run = run_name or newest_run(out_dir, ['best.pt', 'ckpt.pt'])
-    for name in ('best.pt', 'ckpt.pt'):
-        if run and os.path.exists(os.path.join(out_dir, run, name)):
-            return os.path.join(out_dir, run, name)
-    where = os.path.join(out_dir, run_name) if run_name else out_dir
-    raise SystemExit(f"no checkpoint (best.pt or ckpt.pt) in {where}: train one with `python train.py <config>`, "
-                     f"or pass --ckpt=path/to/best.pt")
-
-
 def nll(lm, prefix, ids):
     """Per-row mean NLL (nats/token) of token rows ids [B, T] under `lm`, each following the token row `prefix`."""
     logits = lm(input_ids=torch.cat([prefix[None].expand(len(ids), -1), ids], 1), logits_to_keep=ids.shape[1] + 1).logits
@@ -133,48 +96,6 @@ def distinct_ratio(ids):
 def kl_recovered(kl_lens, kl_baseline):
     """1 - KL_lens / KL_baseline: 1 when the lens preserves A's prediction, 0 when it does no better than the baseline."""
     return 1 - kl_lens / kl_baseline if kl_baseline > 0 else None
-
-
-def batched(fn, batch_size, *tensors):
-    """fn over chunks of batch_size rows of `tensors`, the outputs concatenated."""
-    return torch.cat([fn(*(t[i:i + batch_size] for t in tensors)) for i in range(0, len(tensors[0]), batch_size)])
-
-
-def by_length(rows, fn, batch_size):
-    """fn over 1-D token tensors grouped by length (neither the encoder nor the LM call takes padding),
-    the results in the order of `rows`."""
-    out = [None] * len(rows)
-    for length in {len(r) for r in rows}:
-        group = [i for i, r in enumerate(rows) if len(r) == length]
-        for i, value in zip(group, batched(fn, batch_size, torch.stack([rows[i] for i in group]))):
-            out[i] = value
-    return torch.stack(out)
-
-
-@torch.no_grad()
-def model_continuation(lm, tokens, pos, n, batch_size):
-    """The frozen LM's own greedy n-token continuation of each window's tokens 0..p ([B, n] ids) and its logits
-    at p ([B, V], the fp32 head as in patched_kls). Batches go in order of p, left-padded to their longest
-    prefix, with the mask and positions that say where each row starts."""
-    ids_out, logits_at_p = torch.empty(len(tokens), n, dtype=torch.long, device=tokens.device), [None] * len(tokens)
-    order = pos.argsort()
-    for i in range(0, len(tokens), batch_size):
-        s = order[i:i + batch_size]
-        source = torch.arange(int(pos[s].max()) + 1, device=tokens.device)[None] - (pos[s].max() - pos[s])[:, None]
-        mask, position, cache, rows = (source >= 0).long(), source.clamp(min=0), DynamicCache(), []
-        step = tokens[s].gather(1, position)
-        for t in range(n):
-            hidden = lm.base_model(input_ids=step, attention_mask=mask, position_ids=position, past_key_values=cache,
-                                   use_cache=True).last_hidden_state
-            logits = full_precision_logits(lm, hidden[:, -1])
-            if t == 0:
-                for j, row in zip(s.tolist(), logits):
-                    logits_at_p[j] = row
-            step = logits.argmax(-1, keepdim=True)
-            rows.append(step)
-            mask, position = torch.cat([mask, mask.new_ones(len(s), 1)], 1), position[:, -1:] + 1
-        ids_out[s] = torch.cat(rows, 1)
-    return ids_out, torch.stack(logits_at_p)
 
 
 def kl_summary(kls):
@@ -200,56 +121,6 @@ def metric_name(method, key):
     return key if method == 'lens' else f'{key}_{method}'
 
 
-def top_pairs(tokenizer, logits_a, logits_first):
-    """The top-3 next tokens at p with A and with the first patch, per sample."""
-    return [(top_tokens(tokenizer, a), top_tokens(tokenizer, r)) for a, r in zip(logits_a, logits_first)]
-
-
-def show_tops(tops):
-    return '  '.join(f'{t!r} {p:.2f}' for t, p in tops)
-
-
-def fmt(value):
-    return '-' if value is None else str(value) if isinstance(value, int) else f'{value:.4f}'
-
-
-def visible(text):
-    """Newlines as a visible mark: explanations often start with one, which HTML would swallow."""
-    return text.replace('\n', '\u21b5')
-
-
-def real_text(tokens, pos, n):
-    """The (up to) n real tokens of each window ending at p, and those after p (empty where p ends the window)."""
-    return ([tokens[b, max(0, p + 1 - n):p + 1] for b, p in enumerate(pos.tolist())],
-            [tokens[b, p + 1:p + 1 + n] for b, p in enumerate(pos.tolist())])
-
-
-def baseline_patches(lens, lm, acts, tokens, pos, ids, recon, batch_size):
-    """Every baseline's patch at (layer, p), each through the same encoder as the lens where it is text ({name: [n, d]})."""
-    t_text, n = lens.cfg.t_text, len(acts)
-    partner = torch.arange(n, device=acts.device).roll(-1)
-    following = real_text(tokens, pos, t_text)[1]
-    continuation, logits_at_p = model_continuation(lm, tokens, pos, t_text, batch_size)
-    read = lambda rows: batched(lens.encoder, batch_size, rows).float()
-    current, top = tokens.gather(1, pos[:, None]), logits_at_p.topk(t_text, -1).indices
-    # what a decoder that writes the token at p and then the model's own prediction would write: the
-    # skeptic's baselines for a lens whose words start at p (warm_start_target='current')
-    patches = dict(zero=torch.zeros_like(acts), mean=lens.stats.mean.expand_as(acts), resample=acts[partner],
-                   **control_patches(lens, tokens, pos, batch_size),
-                   lens_words_frozen=batched(lambda rows: bare_reading(lm, lens.cfg.layer, lens.tokenizer.eot_id, rows), batch_size, ids),
-                   text_current_token=read(current), text_shuffled=recon[partner],
-                   text_top_tokens=read(top), text_model_continuation=read(continuation),
-                   text_current_and_top_tokens=read(torch.cat([current, top[:, :-1]], 1)),
-                   text_current_and_continuation=read(torch.cat([current, continuation[:, :-1]], 1)))
-    if lens.encoder.prompt_prefix is not None or lens.encoder.prompt_postfix is not None:
-        patches['text_next_tokens'] = by_length(following, lens.encoder, batch_size).float()
-        patches['text_empty'] = lens.encoder(ids[:1, :0]).float().expand_as(acts)
-    else:
-        print("no text_next_tokens and text_empty baselines: the encoder prompt is '<text>' alone, so an empty "
-              "explanation (or no token after p) is no input at all")
-    return patches, continuation
-
-
 def steering(lens, lm, tokens, pos, logits_recon, batch_size):
     """Each sample's explanation replaced by the paired sample's real tokens after p (a window ending at p is
     skipped): how the log-probability of their first token, and of a third sample's (the control), moves."""
@@ -273,7 +144,8 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
     at p with A and with Â)."""
     n, t0 = len(acts), time.time()  # progress lines: on a CPU every KL pass is minutes for a real model
     explanations, ids, recon = explain_all(lens, acts, batch_size)
-    baselines, continuation = baseline_patches(lens, lm, acts, tokens, pos, ids, recon, batch_size)
+    continued = model_continuation(lm, tokens, pos, lens.cfg.t_text, batch_size)
+    baselines, continuation = baseline_patches(lens, lm, acts, tokens, pos, ids, recon, batch_size, continued=continued), continued[0]
     patches = dict(lens=recon, **baselines)
     # best of K: the K sampled explanations of a batch in one decoder pass, and their KLs in the pass below
     sampled = explain_all(lens, acts.repeat(best_of_k, 1), batch_size * best_of_k, 'sample')[2].view(best_of_k, n, -1)
@@ -412,147 +284,6 @@ def print_results(table, extra):
         print(f"{label:<70}{fmt(value):>10}")
 
 
-def read_log(path):
-    """The rows of a run's log.jsonl (train.py's), [] when there is none."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def png(fig, alt):
-    """A matplotlib figure as an <img> with its PNG inline: the report stays one file that opens offline."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format='png', dpi=80, bbox_inches='tight')
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
-
-
-def plot_learning_curve(rows):
-    """Val KL at p of the lens, a shuffled explanation, mean ablation, the LM's top tokens and the token at p
-    against iteration, and the training batches' KL."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(6.5, 3.4))
-    ax = fig.subplots()
-    train = [(r['iter'], r['kl']) for r in rows if r['split'] == 'train']
-    if train:
-        ax.plot(*zip(*train), color='0.75', lw=1, label='train batch KL')
-    for key, label in (('kl', 'lens'), ('kl_control', 'the control (real tokens ending at p)'), ('kl_shuffled', 'shuffled explanation'), ('kl_mean_ablation', 'mean ablation'),
-                       ('kl_text_top_tokens', "the LM's top tokens"), ('kl_text_current_token', 'the token at p')):
-        points = [(r['iter'], r[key]) for r in rows if r['split'] == 'val' and key in r]
-        if points:
-            ax.plot(*zip(*points), marker='o', ms=3, label=label)
-    ax.set(xlabel='iteration', ylabel='KL at p (nats)', title='learning curve (log.jsonl, periodic eval)')
-    ax.legend(fontsize=8)
-    return png(fig, 'learning curve')
-
-
-def plot_kl_distributions(at_p):
-    """Per-sample KL at p of the lens and of every baseline, one box per method (log scale)."""
-    from matplotlib.figure import Figure
-    names = sorted(at_p, key=lambda name: at_p[name].mean().item())
-    fig = Figure(figsize=(6.5, 0.3 * len(names) + 1))
-    ax = fig.subplots()
-    ax.boxplot([at_p[name].clamp(min=1e-3).cpu().numpy() for name in names], vert=False, tick_labels=names,
-               showmeans=True, flierprops=dict(ms=2))
-    ax.set(xscale='log', xlabel='KL at p per sample (nats; mean as a triangle)', title='per-sample KL distributions')
-    return png(fig, 'per-sample KL distributions')
-
-
-def plot_downstream(methods):
-    """Mean KL at p and at each offset after it, over the samples with K tokens after p (only p patched)."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(6.5, 3.4))
-    ax = fig.subplots()
-    offsets = len(methods['lens']['kl_downstream_per_offset'] or [])
-    for name, m in methods.items():
-        if offsets:
-            ax.plot(range(offsets + 1), [m['kl']] + m['kl_downstream_per_offset'], marker='o', ms=3,
-                    lw=2.5 if name == 'lens' else 1, label=name)
-    ax.set_xticks(range(offsets + 1), ['p'] + [f'p+{k}' for k in range(1, offsets + 1)])
-    ax.set(yscale='log', xlabel='position (only p patched)', ylabel='mean KL (nats)', title='KL at p and after it')
-    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1))
-    return png(fig, 'KL per offset after p')
-
-
-def token_span(piece, item=None, scale=1.0, mark=False):
-    """One token; an explained token is coloured by its KL and carries its details for hover and click."""
-    shown = html.escape(piece.replace('\n', '\u21b5\n'))
-    if item is None:
-        return f'<span class="t">{shown}</span>'
-    alpha = min(1.0, item['kl'] / scale) ** 0.5
-    data = dict(tok=repr(piece), kl=f"{item['kl']:.4f}", expl=visible(item['explanation']), a=show_tops(item['top'][0]),
-                r=show_tops(item['top'][1]), **({'edit': show_tops(item['top'][2])} if len(item['top']) > 2 else {}))
-    attrs = ' '.join(f'data-{k}="{html.escape(v)}"' for k, v in data.items())
-    return f'<span class="t x{" p" if mark else ""}" style="background:rgba(220,40,40,{alpha:.2f})" {attrs}>{shown}</span>'
-
-
-def html_table(rows):
-    numeric = lambda c: re.fullmatch(r'-?[\d.]+(e-?\d+)?|-', str(c)) is not None
-    cell = lambda tag, c: f'<{tag}{" class=n" if numeric(c) else ""}>{html.escape(str(c))}</{tag}>'
-    return '<table>' + ''.join('<tr>' + ''.join(cell('th' if r == 0 else 'td', c) for c in row) + '</tr>'
-                               for r, row in enumerate(rows)) + '</table>'
-
-
-def sample_html(tokenizer, window, p, item, continuation, scale):
-    """One val sample: its context with p outlined and coloured by its KL, the explanation, the LM's own
-    continuation, and the top next tokens with A and with Â."""
-    context = ''.join(token_span(tokenizer.decode([t]), item if i == p else None, scale, mark=True)
-                      for i, t in enumerate(window[:p + 1]))
-    actual = f', actual next token {tokenizer.decode([window[p + 1]])!r}' if p + 1 < len(window) else ''
-    return (f'<div class="sample"><div class="note">p = {p}, KL {item["kl"]:.4f}{html.escape(actual)}</div>'
-            f'<div class="text">{context}</div><div>explanation: <b class="e">{html.escape(visible(item["explanation"]))}'
-            f'</b></div><div class="note">the LM\'s own continuation: {html.escape(visible(continuation))}<br>'
-            f'next with A: {html.escape(show_tops(item["top"][0]))}<br>'
-            f'next with Â: {html.escape(show_tops(item["top"][1]))}</div></div>')
-
-
-def write_report(path, title, note, body, scale):
-    """A page that opens offline: inline CSS, a few lines of JS and the plots as inline PNGs, no external
-    resources. Every text reaches it through html.escape, as element text or a quoted attribute, and the JS
-    only ever assigns textContent."""
-    style = """body{font:14px/1.5 system-ui,sans-serif;margin:24px 24px 200px;color:#222;max-width:1100px}
-table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.n{text-align:right}
-.text{white-space:pre-wrap;font:15px/2 monospace;margin:6px 0}.t{position:relative}.x{cursor:pointer;border-radius:2px}
-.p{outline:2px solid #000}.e{white-space:pre-wrap}.sample{margin:6px 0;padding:6px;border-top:1px solid #eee}
-.x:hover::after{content:attr(data-expl);position:absolute;left:0;top:1.6em;z-index:2;background:#333;color:#fff;
-padding:2px 6px;border-radius:3px;white-space:pre-wrap;width:max-content;max-width:360px;font-size:13px}
-.note{color:#666}.legend{display:inline-block;width:160px;height:12px;vertical-align:middle;
-background:linear-gradient(to right,rgba(220,40,40,0),rgba(220,40,40,1))}.plots img{margin:4px 8px 4px 0}.wide{overflow-x:auto}td:first-child{white-space:nowrap}
-#panel{position:fixed;right:12px;bottom:12px;width:420px;background:#fffbe6;border:1px solid #d9c56a;padding:8px;
-font-size:13px;white-space:pre-wrap}"""
-    script = """document.addEventListener('click', e => { const t = e.target.closest('.x'); if (!t) return;
-  document.getElementById('panel').textContent = 'token ' + t.dataset.tok + '   KL ' + t.dataset.kl + ' nats\\n' +
-    'explanation: ' + t.dataset.expl + '\\nnext with A: ' + t.dataset.a + '\\nnext with \\u00c2: ' + t.dataset.r +
-    (t.dataset.edit ? '\\nnext with the edit: ' + t.dataset.edit : ''); });"""
-    page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{style}</style>'
-            f'</head><body><h2>{html.escape(title)}</h2><p class="note">{html.escape(note)}. Hover a coloured token for its '
-            f'explanation, click it for details. KL at p: 0 <span class="legend"></span> {scale:.3g} nats or more.</p>{body}'
-            f'<div id="panel">click a coloured token</div><script>{script}</script></body></html>')
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        f.write(page)
-    os.replace(path + '.tmp', path)
-    print(path)
-
-
-def text_report(path, note, items, pieces, summary, edit):
-    scale = max(summary['kl_p90'], 1e-6)
-    rows = [[p, repr(pieces[p]), fmt(it['kl']), visible(it['explanation']), *map(show_tops, it['top'])] for p, it in items.items()]
-    head = ['pos', 'token', 'KL', 'explanation', 'next with A', 'next with Â'] + ['next with the edit'] * (edit is not None)
-    write_report(path, 'Consistency Lens: explained text', note,
-                 html_table([('positions', 'KL mean (nats)', 'KL median', 'KL p90'), (len(items), *map(fmt, summary.values()))]) +
-                 ('' if edit is None else f'<p>edit: <b class="e">{html.escape(visible(edit))}</b></p>') +
-                 '<div class="text">' + ''.join(token_span(t, items.get(p), scale) for p, t in enumerate(pieces)) +
-                 '</div><h3>Every explained position</h3>' + html_table([head] + rows), scale)
-
-
-def val_report(path, note, table, extra, methods, kls_at_p, log_rows, samples_html, scale):
-    curve = plot_learning_curve(log_rows) if log_rows else '<p class="note">no log.jsonl beside the lens: no learning curve</p>'
-    write_report(path, 'Consistency Lens: evaluation', note,
-                 f'<div class="plots">{curve}{plot_kl_distributions(kls_at_p)}{plot_downstream(methods)}</div>' +
-                 f'<div class="wide">{html_table(table)}</div>' + html_table([('more measures', 'value')] + [(l, fmt(v)) for l, v in extra]) +
-                 '<h3>Samples: the token at p is outlined and coloured by its KL</h3>' + ''.join(samples_html), scale)
-
-
 def write_json(path, obj):
     with open(path + '.tmp', 'w') as f:
         json.dump(obj, f, indent=1)
@@ -571,15 +302,15 @@ if __name__ == '__main__':
     checkpoint = load_checkpoint(ckpt_path)
     run_dir = ckpt_path if os.path.isdir(ckpt_path) else os.path.dirname(os.path.abspath(ckpt_path))  # the results go here
     print(f"checkpoint: {ckpt_path} (iteration {checkpoint['iter_num']})")
-    # the lens explains one block of one model: take them from the checkpoint unless given, and then they must agree
+    # the lens explains one block of one model: the block is the checkpoint's, and so is the model unless given
+    # (the same model in another folder: load_lens checks it by its fingerprint)
     given = given_keys()
-    trained_on = dict(model=checkpoint['config']['model'], layer=checkpoint['lens_config']['layer'])
-    if any(k in given and not same_setting(globals()[k], v) for k, v in trained_on.items()):
-        raise SystemExit(f"{ckpt_path} explains block {trained_on['layer']} of {trained_on['model']}, but this run has "
-                         f"model={model!r} layer={layer}: drop --model and --layer (the checkpoint names them), "
-                         f"or pass another --{'lens' if lens else 'ckpt'}")
-    model, layer = trained_on['model'], trained_on['layer']
-    config.update(trained_on)
+    if 'layer' in given and layer != checkpoint['lens_config']['layer']:
+        raise SystemExit(f"{ckpt_path} explains block {checkpoint['lens_config']['layer']}, but this run has layer={layer}: "
+                         f"drop --layer (the checkpoint names it), or pass another --{'lens' if lens else 'ckpt'}")
+    model = model if 'model' in given else checkpoint['config']['model']
+    layer = checkpoint['lens_config']['layer']
+    config.update(model=model, layer=layer)
     if edit is not None and not (text_mode and str(edit)):
         raise SystemExit(f"edit={edit!r}: an edit replaces the explanation of a token of a text, pass --text='...' "
                          f"and non-empty words, e.g. --edit=' the ball'")

@@ -16,14 +16,11 @@ low-rank updates on its shared weights); the frozen LM that defines the KL is ne
 submodule, so DDP, state_dict and the optimizer only ever see the lens's trainable parameters.
 """
 import contextlib
-import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch.profiler import record_function
 from transformers import DynamicCache
 
@@ -38,14 +35,12 @@ EMBEDDING_ROWS = 4096  # rows of the embedding matrix ActivationStats reads at a
 class LensConfig:
     layer: int = 15  # block whose output A is explained and patched
     encoder_layer: int = -1  # block K whose output at the last position the encoder reads; -1: the same block as layer
-    t_text: int = 8  # explanation length in tokens
+    t_text: int = 4  # explanation length in tokens
     decoder_prompt: str = '<|endoftext|><embed>'  # <embed> marks A's slot; last: the decoder continues from A
-    encoder_prompt: str = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'  # <text> marks where the words go
-    patch_first_k: int = 0  # also overwrite the slot at the input of the first k blocks
-    patch_at_layer: bool = True  # also write A itself at the slot where the LM reads block `layer`'s output
-    encoder_init: str = 'zero'  # W_e at the start: 'identity' (Â = h) or 'zero' (Â = mean: iteration 0 is mean ablation)
+    encoder_prompt: str = '<|endoftext|>Summary of the text:<text>'  # <text> marks where the words go
+    encoder_init: str = 'identity'  # W_e at the start: 'identity' (Â = h) or 'zero' (Â = mean: iteration 0 is mean ablation)
     encoder_reads: str = 'last'  # 'last' position, or 'first_and_last': also the first word's, through a map starting as the identity
-    lora_rank: int = 0  # once unfrozen, each side trains: 0, a whole copy of the LM; r > 0, rank-r updates of its linear maps
+    lora_rank: int = 16  # once unfrozen, each side trains: 0, a whole copy of the LM; r > 0, rank-r updates of its linear maps
 
     def __post_init__(self):
         if self.encoder_layer == -1:
@@ -71,8 +66,8 @@ class LensConfig:
 def gumbel_hard(logits, tau):
     """A hard Gumbel-softmax sample: the one-hot of argmax(logits + g), g standard Gumbel noise, carrying
     the soft sample's gradient (straight-through). As F.gumbel_softmax(hard=True), but g = -log(-log u)
-    from uniform u: F.gumbel_softmax draws it with exponential_, 5x slower on CPU (5.3 vs 1.0 ms for
-    [8, 49152]). u = 0 gives g = -inf, a token never drawn, as it should be."""
+    from uniform u: F.gumbel_softmax draws it with exponential_, several times slower on CPU. u = 0 gives
+    g = -inf, a token never drawn, as it should be."""
     soft = F.softmax((logits - (-torch.rand_like(logits).log()).log()) / tau, -1)
     hard = F.one_hot(soft.argmax(-1), logits.shape[-1]).to(soft.dtype)
     return hard - soft.detach() + soft
@@ -146,16 +141,16 @@ class WithLM(nn.Module):
 
 
 class Decoder(WithLM):
-    """Reads A through two doors: the input slot (A standardised to an embedding's scale, then W_d), and,
-    with patch_at_layer, the slot's residual at the input of block layer + 1, where the LM itself reads
+    """Reads A through two doors: the input slot (A standardised to an embedding's scale, then W_d), and
+    the slot's residual at the input of block layer + 1 (when there is one), where the LM itself reads
     activations of A's depth (A plus a learned correction, zero at the start)."""
 
     def __init__(self, cfg, lm, tokenizer, stats):
         super().__init__(lm)
         left, right = cfg.decoder_prompt.split('<embed>')
-        self.t_text, self.patch_first_k = cfg.t_text, cfg.patch_first_k
+        self.t_text = cfg.t_text
         self.__dict__['stats'] = stats  # the Lens's buffers, not saved twice
-        self.depth = cfg.layer + 1 if cfg.patch_at_layer and cfg.layer + 1 < len(blocks(lm)) else None
+        self.depth = cfg.layer + 1 if cfg.layer + 1 < len(blocks(lm)) else None
         self.prompt_left = prompt_parameter(lm, tokenizer, left)
         self.prompt_right = prompt_parameter(lm, tokenizer, right)
         self.slot = 0 if self.prompt_left is None else len(self.prompt_left)
@@ -165,10 +160,10 @@ class Decoder(WithLM):
 
     def prefix(self, acts, lm):
         """The prompt with A in its slot [B, P, d], and what slot_writes writes at the slot at the input of
-        the first patch_first_k blocks and of block layer + 1 ({block: [B, 1, d]})."""
+        block layer + 1 ({block: [B, 1, d]})."""
         standard = (acts - self.stats.mean) / self.stats.scale
         slot = self.proj(standard * self.stats.embedding_rms)[:, None]
-        writes = {k: slot for k in range(self.patch_first_k)}
+        writes = {}
         if self.depth is not None:
             writes[self.depth] = (acts + self.stats.scale * self.depth_proj(standard))[:, None]
         prefix = batch_cat(len(acts), self.prompt_left, slot, self.prompt_right).to(compute_dtype(lm))
@@ -232,7 +227,7 @@ class Encoder(WithLM):
     encoder_reads='first_and_last' adds W_f((h_first - mean) / scale), h_first block K's output at the
     first word, W_f starting as the identity: where the words begin with the token at p, that state is
     the LM holding p's token after a short prefix, which is what later positions read from p
-    (docs/experiments.md: the token at p alone, read so, gives them 0.53x mean ablation's KL)."""
+    (docs/experiments.md, issue 17)."""
 
     def __init__(self, cfg, lm, tokenizer, stats):
         super().__init__(lm)
@@ -264,9 +259,8 @@ class Encoder(WithLM):
 class ActivationStats(nn.Module):
     """The statistics that put A on a common scale: its mean over the train split, the RMS of A - mean
     (one scale for all dimensions, so the geometry of A is kept), and the RMS of an input embedding.
-    A mid-layer residual is far from an embedding: in SmolLM2's block 15 it is ~60x larger and 57% of
-    its energy is the mean shared by every sample, so fed raw into an input slot it looks the same for
-    all samples. Buffers: saved in the lens's state_dict, set once by train.py from the train shards."""
+    A mid-layer residual is far from an embedding: much larger, and most of its energy is the mean shared
+    by every sample, so fed raw into an input slot it looks the same for all samples. Buffers: saved in the lens's state_dict, set once by train.py from the train shards."""
 
     def __init__(self, lm):
         super().__init__()
@@ -285,42 +279,14 @@ class ActivationStats(nn.Module):
         self.scale.copy_((acts.float() - self.mean).pow(2).mean().sqrt())
 
 
-def first_offset(which, n):
-    """Where real_tokens' n tokens start, counted from p: the token at p is their (-first_offset)-th."""
-    return dict(previous=1 - n, current=0, next=1, around=1 - n // 2)[which]
-
-
 def real_tokens(tokens, pos, n, which):
-    """The n real tokens of each window ending at p ('previous'), starting at it ('current'), following it
-    ('next') or around it, p the (n//2)-th of them ('around'), [B, n], with -100 (cross-entropy's ignore
-    index) outside the window, and whether a row is complete [B]."""
-    offset = pos[:, None] + torch.arange(n, device=pos.device) + first_offset(which, n)
+    """The n real tokens of each window ending at p ('previous'), starting at it ('current') or following it
+    ('next'), [B, n], with -100 (cross-entropy's ignore index) outside the window, and whether a row is
+    complete [B]."""
+    offset = pos[:, None] + torch.arange(n, device=pos.device) + dict(previous=1 - n, current=0, next=1)[which]
     outside = (offset < 0) | (offset >= tokens.shape[1])
     rows = tokens.gather(1, offset.clamp(0, tokens.shape[1] - 1)).masked_fill(outside, -100)
     return rows, ~outside.any(1)
-
-
-def bare_reading(lm, layer, eot_id, ids):
-    """The frozen LM reading token rows ids [B, T] bare: the end-of-text token, then the tokens, block `layer`'s output
-    at the last one [B, d]. No prompt and no trained parameter, so no choice of a lens can weaken it."""
-    return block_output(lm, layer, input_ids=torch.cat([ids.new_full((len(ids), 1), eot_id), ids], 1))[:, -1].float()
-
-
-@torch.no_grad()
-def control_patches(lens, tokens, pos, batch_size):
-    """The text-inversion control's two readings of the t_text real tokens ending at p (fewer where p + 1 < t_text),
-    {name: [n, d]}: by the lens's encoder ('text_prev_tokens') and by the frozen LM bare ('text_prev_tokens_frozen').
-    The control is the lower KL of the two: a lens that loses to it writes a worse copy of its input."""
-    lengths = (pos + 1).clamp(max=lens.cfg.t_text)
-    out = {name: torch.empty(len(tokens), lens.stats.mean.shape[0], device=tokens.device)
-           for name in ('text_prev_tokens', 'text_prev_tokens_frozen')}
-    for n in lengths.unique().tolist():
-        rows = (lengths == n).nonzero()[:, 0]
-        for s in rows.split(batch_size):
-            ids = real_tokens(tokens[s], pos[s], n, 'previous')[0]
-            out['text_prev_tokens'][s] = lens.encoder(ids).float()
-            out['text_prev_tokens_frozen'][s] = bare_reading(lens.lm, lens.cfg.layer, lens.tokenizer.eot_id, ids)
-    return out
 
 
 @torch.no_grad()
@@ -367,8 +333,7 @@ class Lens(nn.Module):
 
     def unfreeze(self, grad_checkpointing=False, shard=None):
         """From now on each side runs its own trainable copy of the LM; grad_checkpointing recomputes the
-        copies' blocks in backward instead of storing them (bench.py: -15% memory, +6% time at batch 32);
-        shard takes each copied block as it is made (train.py's FSDP)."""
+        copies' blocks in backward instead of storing them (less memory, more time); shard takes each copied block as it is made (train.py's FSDP)."""
         self.decoder.unfreeze(grad_checkpointing, shard, lora_rank=self.cfg.lora_rank)
         self.encoder.unfreeze(grad_checkpointing, shard, lora_rank=self.cfg.lora_rank)
 
@@ -386,91 +351,47 @@ class Lens(nn.Module):
             raise RuntimeError(f"the lens's state does not fit this lens: {wrong[:5]}")
         return result
 
-    def forward(self, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
-                warm_target='previous', resample=False, kl_positions=0, w_downstream=1.0, w_current_token=0.0,
-                w_search=0.0, search_k=8):
-        """The training losses for a batch. Returns a dict of scalars: 'loss' is the weighted total, 'lm',
-        'warm', 'kl_real_text', 'search' and 'kl_search' are there only while their weights are non-zero
-        (their passes are skipped otherwise).
-        resample: patch Â + (A' - Â') with A' another sample of the batch, so the KL measures whether
-        the reconstruction error carried over from another context still preserves A's function.
-        w_warm: weight of the warm start, which gives both sides a per-sample target from the first step:
-        the decoder's cross-entropy for writing t_text real tokens (teacher-forced), and the KL of the
-        encoder reading them ('warm' and 'kl_real_text' in the dict). warm_target: the tokens ending at p
-        ('previous'), following it ('next') or around it ('around').
-        w_search weighs expert iteration: search_k explanations sampled from the decoder (temperature 1), the
-        training sample and the warm start's real tokens are each read by the encoder and patched in, and the
-        decoder's teacher-forced cross-entropy for the one with the lowest KL at p is the loss 'search' ('kl_search':
-        that KL). The decoder learns from A alone what a search against A finds, starting from the real text.
-        kl_positions=K: also the KL at the K positions after p, only p patched (later tokens read p's
-        residual through attention, for what it says about the text so far), summed over the positions
-        inside the window, weighted by w_downstream ('kl_downstream' in the dict).
-        w_mse weighs the MSE of Â - A in units of A's scale (about 1 - FVE), not in raw units, which a
-        few massive dimensions dominate and which differ by orders of magnitude between models.
-        w_current_token weighs the decoder's cross-entropy for writing the token at p where warm_target puts
-        it (the first word for 'current', the last for 'previous'; 'next' has none), 'current_token' in the
-        dict, for the whole run: the warm start asks for it only at the start, and the lens loses to the
-        token at p alone wherever that word is another (docs/experiments.md)."""
+    def forward(self, acts, tokens, pos, tau=1.0, terms=(), warm_target='previous', resample=False):
+        """The training loss terms of a batch, unweighted: train.py weighs and sums them. Always 'kl' (at the
+        next token of p), 'entropy' (of the decoder's distributions) and 'mse' (Â - A in units of A's scale,
+        about 1 - FVE: raw units are dominated by a few massive dimensions and differ between models by orders
+        of magnitude), and the terms named in `terms`, whose passes cost time:
+          'lm'             fluency: KL(the frozen LM reading the words after the natural prefix || the decoder)
+          'warm'           the warm start, a per-sample target from the first step: the decoder's teacher-forced
+                           cross-entropy for writing the t_text real tokens of warm_target ('previous': ending at p,
+                           'current': from p, 'next': after p), and 'kl_real_text', the KL of the encoder reading them
+          'current_token'  the decoder's cross-entropy for the token at p in the word where warm_target puts it
+                           (the first for 'current', the last for 'previous')
+        resample: patch Â + (A' - Â') with A' another sample of the batch, so the KL measures whether the
+        reconstruction error carried over from another context still preserves A's function. 'fve' and 'cos'
+        come along as metrics."""
         with record_function('lens.decoder'):  # labels for profilers: bench.py's time split, GPU traces
             one_hot, dec_logits, ids = self.decoder(acts, tau)
         with record_function('lens.encoder'):
             recon = self.encoder(one_hot)
-            if w_warm > 0 or w_search > 0:
+            if 'warm' in terms:
                 targets, complete = real_tokens(tokens, pos, self.cfg.t_text, warm_target)
-                with torch.set_grad_enabled(w_warm > 0 and torch.is_grad_enabled()):
-                    recon_real = self.encoder(targets.clamp(min=0))
-        if w_search > 0:
-            with record_function('lens.search'), torch.no_grad():
-                sampled = self.decoder(acts.repeat(search_k, 1), mode='sample')[2]
-                recon_sampled = self.encoder(sampled).view(search_k, len(acts), -1)
+                recon_real = self.encoder(targets.clamp(min=0))
         with record_function('lens.kl'):
             patch = recon + (acts.roll(1, 0) - recon.roll(1, 0)) if resample else recon
             logits_a, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, patch,
-                                                  *([recon_real] if w_warm > 0 or w_search > 0 else []), after=kl_positions,
-                                                  stacked=recon_sampled.transpose(0, 1) if w_search > 0 else None)
-            if kl_positions:
-                later = kl_div(logits_a[:, 1:], logits[0][:, 1:]) * positions_in_window(pos, kl_positions, tokens.shape[1])[:, 1:]
-                logits_a, logits = logits_a[:, 0], [x[..., 0, :] for x in logits]
-            kl = kl_div(logits_a, logits[0])
-        out = dict(kl=kl.mean(), entropy=entropy(dec_logits).mean(), mse=((recon - acts) / self.stats.scale).pow(2).mean())
-        if kl_positions:
-            out['kl_downstream'] = later.sum(1).mean()
-        if w_current_token > 0:  # the decoder's logits are already computed: no extra pass
-            word = -first_offset(warm_target, self.cfg.t_text)
-            if not 0 <= word < self.cfg.t_text:
-                raise ValueError(f"w_current_token needs a warm_target that holds the token at p, not {warm_target!r}")
+                                                  *([recon_real] if 'warm' in terms else []))
+        out = dict(kl=kl_div(logits_a, logits[0]).mean(), entropy=entropy(dec_logits).mean(),
+                   mse=((recon - acts) / self.stats.scale).pow(2).mean())
+        if 'current_token' in terms:  # the decoder's logits are already computed: no extra pass
+            word = dict(current=0, previous=-1)[warm_target]
             out['current_token'] = F.cross_entropy(dec_logits[:, word].float(), tokens.gather(1, pos[:, None])[:, 0])
-        if w_lm > 0:  # the reference pass costs a forward: skipped while fluency has no weight
+        if 'lm' in terms:
             with record_function('lens.fluency'), torch.no_grad():
                 natural = self.natural_prefix[None].expand(len(ids), -1)
                 base_logits = self.lm(input_ids=torch.cat([natural, ids], 1), logits_to_keep=ids.shape[1] + 1).logits[:, :-1]
             out['lm'] = kl_div(base_logits, dec_logits).mean()
-        if w_warm > 0 or w_search > 0:
-            kl_real = kl_div(logits_a, logits[1])
-        # the decoder's teacher-forced targets: the real tokens (warm start) and the search's best, in one pass
-        forced = ([targets] if w_warm > 0 else [])
-        if w_search > 0:
-            with record_function('lens.search'):
-                candidates = torch.stack([ids, targets.clamp(min=0), *sampled.view(search_k, len(acts), -1)])
-                kls = torch.cat([kl.detach()[None], kl_real.detach().masked_fill(~complete, float('inf'))[None],
-                                 kl_div(logits_a[:, None], logits[2]).T])
-                forced.append(candidates[kls.argmin(0), torch.arange(len(acts), device=acts.device)])
-                out['kl_search'] = kls.min(0).values.mean()
-        if forced:
+        if 'warm' in terms:
             with record_function('lens.warm_start'):
-                logits_forced = self.decoder.teacher_forced_logits(acts.repeat(len(forced), 1), torch.cat(forced))
-                losses = [F.cross_entropy(x.flatten(0, 1).float(), t.flatten(), ignore_index=-100)
-                          for x, t in zip(logits_forced.chunk(len(forced)), forced)]
-        if w_warm > 0:
-            out['warm'] = losses[0]
+                logits_forced = self.decoder.teacher_forced_logits(acts, targets)
+            out['warm'] = F.cross_entropy(logits_forced.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             # rows that run past the window are padded: the encoder learns only from complete ones
-            out['kl_real_text'] = (kl_real * complete).sum() / complete.sum().clamp(min=1)
-        if w_search > 0:
-            out['search'] = losses[-1]
-        out['loss'] = (w_kl * out['kl'] + w_lm * out.get('lm', 0) - w_entropy * out['entropy'] + w_mse * out['mse']
-                       + w_warm * (out['warm'] + out['kl_real_text'] if w_warm > 0 else 0)
-                       + w_downstream * out.get('kl_downstream', 0) + w_current_token * out.get('current_token', 0)
-                       + w_search * out.get('search', 0))
+            out['kl_real_text'] = (kl_div(logits_a, logits[1]) * complete).sum() / complete.sum().clamp(min=1)
         return out | dict(fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())
 
     @torch.no_grad()
@@ -478,68 +399,6 @@ class Lens(nn.Module):
         """Explanations of activations [B, d] as (list of strings, token ids [B, T], Â [B, d])."""
         one_hot, _, ids = self.decoder(acts, tau, mode)
         return [self.tokenizer.decode(row) for row in ids.tolist()], ids, self.encoder(ids)
-
-
-def model_signature(lm):
-    """What a lens must match in the model it is loaded onto."""
-    emb = lm.get_input_embeddings()
-    return dict(d_model=emb.embedding_dim, vocab_size=emb.num_embeddings, num_blocks=len(blocks(lm)))
-
-
-def save_lens_folder(lens, folder, model, iter_num=None, train_config=None, state=None):
-    """Share a trained lens as <folder>/config.json (its settings and the model it explains) and
-    <folder>/lens.safetensors (its trainable parameters and activation statistics: no pickle, so a lens
-    from anyone is safe to load). A lens with unfrozen LM copies is saved whole, the copies included.
-    state: the lens's state dict when lens.state_dict() would not give it whole (gathered from FSDP's shards)."""
-    os.makedirs(folder, exist_ok=True)
-    # cloned: the tied weights of an LM copy share memory, which safetensors refuses to write
-    state = lens.state_dict() if state is None else state
-    save_file({k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in state.items()},
-              os.path.join(folder, 'lens.safetensors.tmp'))
-    with open(os.path.join(folder, 'config.json.tmp'), 'w') as f:
-        json.dump(dict(model=model, **model_signature(lens.lm), unfrozen=lens.decoder.lm_copy is not None, iter_num=iter_num,
-                       lens_config=asdict(lens.cfg), config=dict(train_config or {}, model=model)), f, indent=1)
-    for name in ('lens.safetensors', 'config.json'):  # renamed into place: a reader never sees half a file
-        os.replace(os.path.join(folder, name + '.tmp'), os.path.join(folder, name))
-
-
-def load_checkpoint(path):
-    """A checkpoint of train.py, or a lens folder of save_lens_folder as the same dict (less the optimizer)."""
-    if os.path.isdir(path):
-        config, tensors = os.path.join(path, 'config.json'), os.path.join(path, 'lens.safetensors')
-        if not (os.path.exists(config) and os.path.exists(tensors)):
-            raise SystemExit(f"{path} is not a lens folder (config.json and lens.safetensors): pass the folder "
-                             f"that train.py writes next to best.pt, <run dir>/lens")
-        return json.load(open(config)) | dict(lens=load_file(tensors))
-    if not os.path.exists(path):
-        raise SystemExit(f"checkpoint {path} not found: train one with train.py, or pass --ckpt=path/to/ckpt.pt "
-                         f"or --lens=path/to/lens_folder")
-    return torch.load(path, map_location='cpu', weights_only=True, mmap=True)  # mmap: ranks share the page cache
-
-
-def newest_run(out_dir, files):
-    """The run folder in out_dir that saved one of `files` most recently, or '' when none did."""
-    saved = [(os.path.getmtime(path), run) for run in (os.listdir(out_dir) if os.path.isdir(out_dir) else [])
-             for path in (os.path.join(out_dir, run, f) for f in files) if os.path.exists(path)]
-    return max(saved, default=(0, ''))[1]
-
-
-def load_lens(checkpoint, lm, tokenizer, model):
-    """The trained lens of a checkpoint (from load_checkpoint) on the frozen LM `lm`, loaded from `model`.
-    A lens works only on the model it was trained on: another one is refused before anything is built."""
-    trained = checkpoint['config']['model']
-    saved = dict(model=os.path.normpath(trained)) | {k: checkpoint[k] for k in model_signature(lm) if k in checkpoint}
-    found = dict(model=os.path.normpath(model)) | model_signature(lm)
-    wrong = [k for k in saved if saved[k] != found[k]]
-    if wrong:
-        raise SystemExit(f"this lens was trained on {', '.join(f'{k}={saved[k]}' for k in wrong)}, but the model given has "
-                         f"{', '.join(f'{k}={found[k]}' for k in wrong)}: a lens works only on the model it was "
-                         f"trained on, load it onto {trained}")
-    lens = Lens(LensConfig(**checkpoint['lens_config']), lm, tokenizer)
-    if checkpoint['unfrozen']:
-        lens.unfreeze()
-    lens.load_state_dict(checkpoint['lens'])
-    return lens.to(lm.device)
 
 
 def top_tokens(tokenizer, logits, k=3):

@@ -1,8 +1,7 @@
 """
-The language model and everything the lens does to it: loading (straight into the storage dtype on the
-rank's device), its list of blocks, embeddings, trainable copies; reading a block's output at per-sample
-positions, replacing it there, stopping a forward after a block; and the next-token logits at p with a
-patch, through the left-padded prefix mask, in fp32 (full_precision_logits).
+The language model and everything the lens does to it: loading (into the storage dtype on the rank's device),
+blocks, embeddings, trainable copies; reading a block's output at per-sample positions, replacing it there,
+stopping a forward after a block; the next-token logits at p with a patch, in fp32 (full_precision_logits).
 
 "Layer L" everywhere in this project means the OUTPUT OF BLOCK L (0-indexed), which is what HF
 returns as hidden_states[L + 1]. hidden_states[0] is the embedding output and hidden_states[-1] has
@@ -21,9 +20,9 @@ import torch.utils.checkpoint
 from transformers import Cache, DynamicCache
 
 TINY_MODELS = ('tiny-gpt2', 'tiny-llama', 'tiny-qwen2', 'tiny-gemma2', 'tiny-neox')
+RANDOM_MODELS = TINY_MODELS + ('gpt2-small-random',)  # and GPT-2 small's shape (124M): benchmarks without the hub
 CACHE_ARGUMENTS = {'past_key_values', 'past_key_value', 'layer_past'}  # what a block's attention takes the KV cache as
-BLOCK_PATHS = ('transformer.h', 'model.layers', 'model.language_model.layers', 'gpt_neox.layers',
-               'model.decoder.layers')
+BLOCK_PATHS = ('transformer.h', 'model.layers', 'model.language_model.layers', 'gpt_neox.layers', 'model.decoder.layers')
 
 
 class ByteTokenizer:
@@ -56,11 +55,13 @@ class HFTokenizer:
 
 
 def tiny_model(name):
-    """Seeded random-init models of a few hundred thousand parameters, for tests and smoke runs. Weights
-    are drawn 15x wider than HF's default so the predictions are sharp and a lens has something to learn."""
+    """Seeded random-init models: the tiny ones (a few hundred thousand parameters, for tests and smoke runs) draw
+    their weights 15x wider than HF's default so the predictions are sharp and a lens has something to learn."""
     import transformers
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
+        if name == 'gpt2-small-random':  # HF's own initialisation; byte ids (< 257) are valid ids
+            return transformers.GPT2LMHeadModel(transformers.GPT2Config())
         if name == 'tiny-gpt2':  # tied embeddings, learned positions
             config = transformers.GPT2Config(vocab_size=257, n_positions=128, n_embd=64, n_layer=4, n_head=4,
                                              initializer_range=0.3, bos_token_id=256, eos_token_id=256)
@@ -80,12 +81,12 @@ def tiny_model(name):
 
 
 def load_model(name, device='cpu', trust_remote_code=False, dtype='float32'):
-    """(model, tokenizer) for a HF hub name, a local HF directory, or one of TINY_MODELS, frozen,
+    """(model, tokenizer) for a HF hub name, a local HF directory, or one of RANDOM_MODELS, frozen,
     its blocks stored in `dtype` ('float32', 'bfloat16' or 'int8'; resolve 'auto' with pick_dtype first)."""
-    if name in TINY_MODELS and dtype == 'int8':
+    if name in RANDOM_MODELS and dtype == 'int8':
         raise SystemExit(f"dtype='int8' quantizes a pretrained model as it loads; {name} is built from a config: "
                          f"use dtype='float32' or 'bfloat16'")
-    if name in TINY_MODELS:
+    if name in RANDOM_MODELS:
         model, tokenizer = tiny_model(name), ByteTokenizer()
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -154,8 +155,7 @@ def frozen(model, device, dtype='float32'):
         model.to(device)
         for p in model.parameters():
             p.data = p.data.to(DTYPES[dtype])
-    # logits_to_keep hands the LM head a non-contiguous slice, for which PyTorch falls back to a batched
-    # matmul 2-5x slower than on a contiguous copy (measured: 289 vs 55 ms for [8, 11, 768] on CPU)
+    # logits_to_keep hands the LM head a non-contiguous slice, for which PyTorch falls back to a slow batched matmul
     model.get_output_embeddings().register_forward_pre_hook(lambda module, args: (args[0].to(module.weight.dtype).contiguous(),))
     return model.eval().requires_grad_(False)
 
@@ -412,7 +412,7 @@ def prefix_attention_mask(pos, length, dtype, window=None):
     return torch.zeros(allowed.shape, dtype=dtype, device=pos.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def next_token_logits(lm, layer, tokens, pos, *patches, after=0, stacked=None):
+def next_token_logits(lm, layer, tokens, pos, *patches, after=0):
     """The logits at p as the LM computes them, then with block `layer`'s output at p replaced by each of
     `patches` ([B, d] each), by the cheap exact path: the logits at p depend only on tokens 0..p, so run
     0..p once without grad (left-padded to a common length), which gives the LM's own logits at p and
@@ -421,10 +421,7 @@ def next_token_logits(lm, layer, tokens, pos, *patches, after=0, stacked=None):
     after=K: the logits at p..p+K instead ([B, K + 1, V] each), p still the only position patched: the
     later tokens read p's residual through attention. The prefix pass runs over 0..p+K and each patch's
     step over p..p+K. Where p+K runs past the window the missing tokens' logits are garbage: mask them
-    with positions_in_window.
-    stacked [B, K, d]: K more patches per sample, run in one step at batch B x K (the prefix's keys and values
-    repeated) rather than K steps, each of which would read every weight again; their logits come last, [B, K, V]
-    ([B, K, K + 1, V] with after)."""
+    with positions_in_window."""
     B, P, T = len(tokens), int(pos.max()), tokens.shape[1]
     source = torch.arange(P + 1 + after, device=tokens.device)[None] - (P - pos[:, None])  # p at column P
     config, dtype = lm.config.get_text_config(), compute_dtype(lm)
@@ -445,12 +442,6 @@ def next_token_logits(lm, layer, tokens, pos, *patches, after=0, stacked=None):
         with patched(lm, layer, torch.zeros_like(pos), patch):
             logits.append(full_precision_logits(lm, lm.base_model(**step).last_hidden_state))
         cache.crop(-1 - after)
-    if stacked is not None:
-        K = stacked.shape[1]
-        cache.batch_repeat_interleave(K)  # row b*K + k is sample b's k-th patch
-        step = {k: v.repeat_interleave(K, 0) if torch.is_tensor(v) else v for k, v in step.items()} | dict(past_key_values=cache)
-        with patched(lm, layer, pos.new_zeros(B * K), stacked.flatten(0, 1)):
-            logits.append(full_precision_logits(lm, lm.base_model(**step).last_hidden_state).unflatten(0, (B, K)))
     return [x[..., 0, :] for x in logits] if after == 0 else logits
 
 

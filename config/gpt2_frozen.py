@@ -1,7 +1,6 @@
 # GPT-2 small (124M, 12 blocks, d 768) explaining block 6 on OpenWebText: the original's headline run,
 # with its settings (t_text 10, lr 1e-3, tau 1.0 held then to 0.1, alpha warm-up), frozen LM. The prompts
-# and the warm start are this project's defaults (the decoder continues from A, the encoder's prompt is
-# repeated after the words), found on the embedded default and not yet measured on GPT-2; the original's
+# and the warm start are this project's earlier default's (config/austen_next_words.py); the original's
 # were '<|endoftext|>Short explanation of <embed>. Language, topic, sentiment, claims, speaker, style, etc:'
 # and '<|endoftext|>Summary of the text, encapsulating the main points and message, style and details: <text>'.
 # python data/openwebtext/prepare.py
@@ -21,6 +20,14 @@ device = 'cuda'
 compile = True
 dump_batch_size = 512
 
+# the lens of config/austen_next_words.py, frozen; the embedded default's lens (words ending at p, low-rank
+# copies trained from the start) is not yet measured at this scale
+encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
+encoder_init = 'zero'
+warm_start_target = 'next'
+warm_start_iters = 100
+unfreeze_at = -1
+lora_rank = 0
 t_text = 10
 batch_size = 1024  # per optimizer step: 128 per GPU on 8 GPUs; on fewer GPUs raise gradient_accumulation_steps
 gradient_accumulation_steps = 1

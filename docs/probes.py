@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dump import Shards  # noqa: E402
-from lens import Lens, LensConfig, explain_all, load_checkpoint, load_lens, patched_kls, real_tokens  # noqa: E402
+from checkpoint import load_checkpoint, load_lens  # noqa: E402
+from lens import Lens, LensConfig, explain_all, patched_kls, real_tokens  # noqa: E402
 from model import load_model, pick_dtype  # noqa: E402
 
 out_dir, model, layer, n_val = 'out/austen', 'assets/smollm2-135m', 15, 200
@@ -60,7 +61,7 @@ with torch.no_grad():
     _, _, recon = explain_all(next_words_lens, acts, 32)
     own_logits = patched_kls(lm, layer, tokens, pos, dict(a=acts), 32)[1]
     texts = {'8 real tokens ending at p': real_tokens(tokens, pos, 8, 'previous')[0],
-             '8 real tokens around p': real_tokens(tokens, pos, 8, 'around')[0],
+             '8 real tokens around p': real_tokens(tokens, pos + 4, 8, 'previous')[0],  # p-3..p+4
              'the token at p': real_tokens(tokens, pos, 1, 'previous')[0],
              '8 real tokens after p': real_tokens(tokens, pos, 8, 'next')[0],
              "the LM's top 8 next tokens": own_logits.topk(8, -1).indices}

@@ -20,8 +20,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dump import Shards  # noqa: E402
-from eval import batched, model_continuation  # noqa: E402
-from lens import explain_all, first_offset, load_checkpoint, load_lens, patched_kls, real_tokens  # noqa: E402
+from baselines import batched, model_continuation  # noqa: E402
+from checkpoint import load_checkpoint, load_lens  # noqa: E402
+from lens import explain_all, patched_kls, real_tokens  # noqa: E402
 from model import load_model, pick_dtype  # noqa: E402
 
 out_dir, model, layer, n_val, batch_size = 'out/austen', 'assets/smollm2-135m', 15, 200, 32
@@ -35,7 +36,7 @@ lm, tokenizer = load_model(model, 'cpu', False, pick_dtype('auto', 'cpu'))
 lens = load_lens(checkpoint, lm, tokenizer, model).eval()
 acts, tokens, pos = Shards(out_dir, 'val').get(np.arange(n_val))
 _, ids, recon = explain_all(lens, acts, batch_size)
-word, current = -first_offset(layout, lens.cfg.t_text), tokens.gather(1, pos[:, None])
+word, current = 0 if layout == 'current' else lens.cfg.t_text - 1, tokens.gather(1, pos[:, None])
 read = lambda rows: batched(lens.encoder, batch_size, rows).float()
 with_real_token = ids.clone()
 with_real_token[:, word] = current[:, 0]

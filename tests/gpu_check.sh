@@ -31,7 +31,7 @@ step() {  # step NAME RESULT_COMMAND -- COMMAND...: run COMMAND, then RESULT_COM
 }
 
 TINY="--model=tiny-llama --layer=2 --ctx=32 --device=$DEVICE --dtype=bfloat16"
-TRAIN="$TINY --out_dir=$WORK/out --t_text=4 --batch_size=16 --max_iters=30 --unfreeze_at=15 --eval_interval=15 \
+TRAIN="$TINY --out_dir=$WORK/out --t_text=4 --batch_size=16 --max_iters=30 --unfreeze_at=15 --lora_rank=0 --eval_interval=15 \
        --periodic_eval_samples=32 --log_interval=5 --ckpt_interval=10 --keep_last=3 --warmup_iters=5 --alpha_warmup_iters=10 \
        --tau_hold_iters=5 --tau_decay_iters=20 --warm_start_weight=0 --num_print_samples=0"
 $PY -c "import sys; sys.path.insert(0, 'tests'); from conftest import make_corpus; import pathlib; make_corpus(pathlib.Path('$WORK/corpus'))"
@@ -62,9 +62,12 @@ step fsdp "$LAST" -- \
     $PY -m torch.distributed.run --standalone --nproc_per_node=1 train.py $TRAIN --run_name=fsdp --fsdp=True
 step lora "$LAST" -- \
     $PY train.py $TRAIN --run_name=lora --lora_rank=8 --lm_lr_mult=1.0
+BENCH="--model=$BENCH_MODEL --layer=$BENCH_LAYER --ctx=64 --device=$DEVICE --dtype=$BENCH_DTYPE --out_dir=$WORK/bench"
 step bench "grep -o '^fast path: [0-9.]* samples/s\|[0-9.]*% of the peak (MFU)\|peak CUDA memory [0-9]* MiB' | paste -sd' '" -- \
-    $PY bench.py --model=$BENCH_MODEL --layer=$BENCH_LAYER --t_text=10 --ctx=64 --batch_size=$BENCH_BATCH --device=$DEVICE \
-    --dtype=$BENCH_DTYPE --compile=True --warmup_steps=3 --num_steps=5 --out_dir=$WORK/out
+    bash -c "$PY dump.py $BENCH --data_dir=$WORK/corpus --num_train_samples=$((BENCH_BATCH * 12)) --num_val_samples=$BENCH_BATCH \
+    > /dev/null && $PY bench.py $BENCH --t_text=10 --batch_size=$BENCH_BATCH --periodic_eval_samples=$BENCH_BATCH --compile=True \
+    --unfreeze_at=-1 --lora_rank=0 \
+    --warmup_steps=3 --num_steps=5"
 echo
 echo "gpu_check on $($PY -c "import torch; print(torch.cuda.get_device_name() if '$DEVICE' == 'cuda' else 'cpu')"), $(date -u +%Y-%m-%d)"
 printf '%s\n' "${ROWS[@]}"

@@ -11,9 +11,8 @@ from lens import TAU_FLOOR, batch_cat, cosine, entropy, fve, gumbel_hard, kl_div
 from model import block_tensor, blocks, compute_dtype, embed, full_precision_logits, patched
 
 
-def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entropy=0.0, w_mse=0.0, w_warm=0.0,
-                  warm_target='previous', kl_positions=0, w_downstream=1.0, w_current_token=0.0):
-    """Lens.forward's loss dict for the same arguments and Gumbel noise."""
+def naive_forward(lens, acts, tokens, pos, tau=1.0, terms=(), warm_target='previous'):
+    """Lens.forward's dict of loss terms for the same arguments and Gumbel noise."""
     lm, dec, enc, B, T = lens.lm, lens.decoder, lens.encoder, len(acts), lens.cfg.t_text
     prefix, writes = dec.prefix(acts, dec.lm)
     sequence, one_hots, dec_logits = prefix, [], []
@@ -46,10 +45,6 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
         window_recon = window()
     logits_a = window_a[rows, pos]
     kl = kl_div(logits_a, window_recon[rows, pos])
-    downstream = torch.zeros(B)
-    for b in range(B):
-        later = slice(int(pos[b]) + 1, min(int(pos[b]) + 1 + kl_positions, tokens.shape[1]))
-        downstream[b] = kl_div(window_a[b, later], window_recon[b, later]).sum()
 
     ids = one_hot.argmax(-1)
     with torch.no_grad():
@@ -57,22 +52,18 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, w_kl=1.0, w_lm=0.0, w_entrop
         base_logits = lm(input_ids=torch.cat([natural, ids], 1)).logits[:, len(lens.natural_prefix) - 1:-1]
     fluency = kl_div(base_logits, dec_logits).mean()
 
-    warm = kl_real_text = torch.zeros(())
-    if w_warm > 0:
+    out = dict(kl=kl.mean(), entropy=entropy(dec_logits).mean(), mse=((recon - acts) / lens.stats.scale).pow(2).mean())
+    if 'lm' in terms:
+        out['lm'] = fluency
+    if 'warm' in terms:
         targets, complete = real_tokens(tokens, pos, T, warm_target)
         with slot_writes(dec.lm, dec.slot, writes):
             sequence = torch.cat([prefix, embed(dec.lm, targets[:, :-1].clamp(min=0))], 1)
             logits = dec.lm(inputs_embeds=sequence).logits[:, -T:]
-        warm = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        out['warm'] = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         with patched(lm, lens.cfg.layer, pos, enc(targets.clamp(min=0))):
             kl_real = kl_div(logits_a, window()[rows, pos])
-        kl_real_text = kl_real[complete].mean() if complete.any() else torch.zeros(())
-    current_word = dict(previous=T - 1, current=0, around=T // 2 - 1).get(warm_target, 0)  # p is the (T // 2)-th of around
-    current_token = F.cross_entropy(dec_logits[:, current_word].float(), tokens[rows, pos])
-    ent = entropy(dec_logits).mean()
-    mse = ((recon - acts) / lens.stats.scale).pow(2).mean()
-    loss = (w_kl * kl.mean() + w_lm * fluency - w_entropy * ent + w_mse * mse + w_warm * (warm + kl_real_text)
-            + w_downstream * downstream.mean() + w_current_token * current_token)
-    return dict(loss=loss, kl=kl.mean(), lm=fluency, entropy=ent, mse=mse, warm=warm, kl_real_text=kl_real_text,
-                kl_downstream=downstream.mean(), current_token=current_token,
-                fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())
+        out['kl_real_text'] = kl_real[complete].mean() if complete.any() else torch.zeros(())
+    if 'current_token' in terms:
+        out['current_token'] = F.cross_entropy(dec_logits[:, 0 if warm_target == 'current' else T - 1].float(), tokens[rows, pos])
+    return out | dict(fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())

@@ -13,9 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import baselines
 import eval as ev
+from checkpoint import load_checkpoint, load_lens, save_lens_folder
 from conftest import make_corpus, run_script
-from lens import Lens, LensConfig, kl_div, load_checkpoint, load_lens, patched_kls, reconstruction_metrics, save_lens_folder
+from lens import Lens, LensConfig, kl_div, patched_kls, reconstruction_metrics
 from model import frozen, load_model, next_token_logits, read_activations
 
 REQUIRED = ['explanations_unique', 'kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_next_tokens', 'kl_text_current_token', 'kl_text_shuffled', 'kl_text_empty',
@@ -81,7 +83,7 @@ def test_model_continuation_is_greedy_generation_from_each_windows_own_prefix(na
     lm, _ = load_model(name)
     generator = torch.Generator().manual_seed(0)
     tokens, pos = torch.randint(0, 256, (7, 20), generator=generator), torch.tensor([3, 19, 0, 10, 7, 15, 3])
-    ids, logits_at_p = ev.model_continuation(lm, tokens, pos, 5, batch_size=3)  # padded batches, in order of p
+    ids, logits_at_p = baselines.model_continuation(lm, tokens, pos, 5, batch_size=3)  # padded batches, in order of p
     for b in range(7):  # one sample at a time, no padding, no cache: an independent path to the same tokens
         sequence = tokens[b, :pos[b] + 1]
         for _ in range(5):
@@ -103,7 +105,8 @@ def run(tmp_path_factory):
     run_script('train.py', *common, '--encoder_layer=2', '--t_text=4', '--max_iters=60', '--batch_size=16',
                '--learning_rate=3e-3', '--warmup_iters=5', '--alpha_warmup_iters=20', '--tau_hold_iters=20',
                '--tau_decay_iters=40', '--eval_interval=30', '--periodic_eval_samples=100', '--ckpt_interval=60',
-               '--run_name=r1')
+               '--run_name=r1', '--unfreeze_at=-1', '--lora_rank=0', '--encoder_init=zero', '--warm_start_target=next',
+               '--warm_start_iters=100')
     shards = run_script('eval.py', *common, '--eval_samples=500', '--best_of_k=3')
     text = run_script('eval.py', *common, f'--text={HOSTILE}')
     return dict(root=root, out=out, common=common, run_dir=out / 'r1', shards=shards.stdout, text=text.stdout)
@@ -116,7 +119,8 @@ def test_the_model_baselines_read_its_own_top_tokens_and_continuation_after_the_
     acts = read_activations(lm, 1, tokens, pos)
     lens = Lens(LensConfig(layer=1, t_text=4, encoder_init='identity'), lm, tokenizer)
     lens.stats.set(acts)
-    patches, continuation = ev.baseline_patches(lens, lm, acts, tokens, pos, torch.zeros(5, 4, dtype=torch.long), acts, 2)
+    patches = baselines.baseline_patches(lens, lm, acts, tokens, pos, torch.zeros(5, 4, dtype=torch.long), acts, 2)
+    continuation = baselines.model_continuation(lm, tokens, pos, 4, 2)[0]
     top = next_token_logits(lm, 1, tokens, pos)[0].topk(4, -1).indices  # the LM's own logits at p, another path
     current = tokens[torch.arange(5), pos][:, None]
     expected = dict(text_top_tokens=top, text_model_continuation=continuation, text_current_token=current,
@@ -198,8 +202,8 @@ def test_text_report_holds_every_token_and_explanation_escaped(run):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--layer=1'], 'explains block 2 of tiny-gpt2, but this run has'),
-    (['--model=tiny-llama'], "explains block 2 of tiny-gpt2, but this run has model='tiny-llama'"),
+    (['--layer=1'], 'explains block 2, but this run has layer=1'),
+    (['--model=tiny-llama', '--text=Hi'], 'this lens was trained on tiny-gpt2 (fingerprint='),
     (['--text='], 'the text to explain is empty'),
     ([f'--text={"x" * 129}'], "longer than tiny-gpt2's context of 128"),
     (['--text_file=/no/such/file.txt'], 'not found'),
@@ -241,23 +245,39 @@ def test_a_lens_folder_explains_and_measures_as_its_checkpoint(run, shared):
     assert {'config.json', 'lens.safetensors', 'report.html', 'report_text.html'} <= set(os.listdir(shared))
     assert '<img alt="learning curve"' in (shared / 'report.html').read_text()  # from <run dir>/log.jsonl, above the folder
     proc = run_script('eval.py', *run['common'], f'--lens={shared}', '--layer=1', check=False)
-    assert proc.returncode == 1 and "explains block 2 of tiny-gpt2, but this run has model='tiny-gpt2' layer=1" in proc.stderr
+    assert proc.returncode == 1 and "explains block 2, but this run has layer=1" in proc.stderr
     assert 'or pass another --lens' in proc.stderr
 
 
-@pytest.mark.parametrize('name, shape, message', [
-    ('tiny-llama', None, 'trained on model=tiny-gpt2, but the model given has model=tiny-llama'),
-    ('tiny-gpt2', dict(n_embd=32), 'trained on d_model=64, but the model given has d_model=32'),
-    ('tiny-gpt2', dict(vocab_size=300), 'trained on vocab_size=257, but the model given has vocab_size=300'),
-    ('tiny-gpt2', dict(n_layer=2), 'trained on num_blocks=4, but the model given has num_blocks=2'),  # block 2 out of range
+@pytest.mark.parametrize('name, shape, differs', [
+    ('tiny-llama', None, 'fingerprint'),
+    ('tiny-gpt2', dict(n_embd=32), 'd_model'),
+    ('tiny-gpt2', dict(vocab_size=300), 'vocab_size'),
+    ('tiny-gpt2', dict(n_layer=2), 'num_blocks'),  # block 2 out of range
+    ('tiny-gpt2', dict(), 'fingerprint'),  # the same shape, other weights: another model under the lens's model name
 ])
-def test_a_lens_is_refused_on_another_model(shared, name, shape, message):
+def test_a_lens_is_refused_on_another_model_naming_both(shared, name, shape, differs):
     from transformers import GPT2Config, GPT2LMHeadModel
     lm, tokenizer = load_model(name)
-    if shape:  # another model under the lens's model name
-        lm = frozen(GPT2LMHeadModel(GPT2Config(**dict(vocab_size=257, n_positions=128, n_embd=64, n_layer=4, n_head=4) | shape)), 'cpu')
-    with pytest.raises(SystemExit, match=re.escape(message) + '.*load it onto tiny-gpt2'):
-        load_lens(load_checkpoint(str(shared)), lm, tokenizer, name)
+    if shape is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(7)
+            lm = frozen(GPT2LMHeadModel(GPT2Config(**dict(vocab_size=257, n_positions=128, n_embd=64, n_layer=4, n_head=4) | shape)), 'cpu')
+    checkpoint = load_checkpoint(str(shared))
+    with pytest.raises(SystemExit) as refused:
+        load_lens(checkpoint, lm, tokenizer, name)
+    message = str(refused.value)
+    assert f"this lens was trained on tiny-gpt2 ({differs}={checkpoint[differs]}" in message
+    assert f"but the model given is {name} ({differs}=" in message and message.endswith('load it onto tiny-gpt2')
+
+
+def test_a_lens_loads_onto_its_model_from_any_folder(shared):
+    """The folder's config.json names the model by its shape and weights: the same weights under another path load."""
+    lm, tokenizer = load_model('tiny-gpt2')
+    checkpoint = load_checkpoint(str(shared))
+    assert len(checkpoint['fingerprint']) == 16 and checkpoint['hub_name'] == 'tiny-gpt2'
+    lens = load_lens(checkpoint, lm, tokenizer, '/elsewhere/my-copy-of-tiny-gpt2')
+    assert torch.equal(lens.encoder.proj.weight, checkpoint['lens']['encoder.proj.weight'])
 
 
 def test_a_folder_without_a_lens_is_refused(tmp_path):
@@ -297,7 +317,7 @@ def test_edit_shows_three_predictions_and_moves_the_edited_one(run, shared):
 def test_the_control_reads_the_real_tokens_ending_at_p_with_the_encoder_and_with_the_frozen_lm_bare():
     """control_patches against an independent path: the encoder on tokens p-3..p (fewer at the window's start), and the
     frozen LM's block output at the last of [end-of-text, those tokens], no prompt."""
-    from lens import control_patches
+    from baselines import control_patches
     lm, tokenizer = load_model('tiny-llama')
     tokens = torch.randint(0, 200, (5, 16), generator=torch.Generator().manual_seed(2))
     pos = torch.tensor([3, 9, 1, 15, 0])
