@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source setup.sh
-.venv/bin/python -m pytest -q tests "$@"
+.venv/bin/python -m pytest -q -n "$(nproc)" --dist loadgroup tests "$@"

@@ -1,6 +1,9 @@
-"""Shared fixtures: a random token corpus and a way to run the project's scripts. Run: pytest -q tests"""
+"""Shared fixtures: a random token corpus and ways to run the project's scripts. Run: pytest -q tests"""
+import contextlib
+import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -20,6 +23,25 @@ def run_script(*args, env=None, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def run_inline(*args):
+    """`python <args>` run in this process (runpy, as __main__), for the scripts' user errors: the imports are paid
+    once, not per run. Returns what a test reads of a CompletedProcess: returncode, stdout and stderr (where a
+    SystemExit's message goes, as Python prints it)."""
+    out, err, code, argv, grad = io.StringIO(), io.StringIO(), 0, sys.argv, torch.is_grad_enabled()
+    sys.argv = [str(a) for a in args]
+    try:  # what a script may change for its own process is restored: eval.py turns gradients off, seeds torch
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(ROOT), \
+                torch.random.fork_rng(devices=[]):
+            runpy.run_path(os.path.join(ROOT, args[0]), run_name='__main__')
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+        err.write('' if isinstance(stop.code, int) or stop.code is None else f'{stop.code}\n')
+    finally:
+        sys.argv = argv
+        torch.set_grad_enabled(grad)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def make_corpus(folder):

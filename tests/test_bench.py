@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from conftest import make_corpus, run_script
+from conftest import make_corpus, run_inline, run_script
 
 TINY = ['--model=tiny-gpt2', '--layer=2', '--ctx=32', '--dtype=float32', '--warmup_steps=1', '--num_steps=2']
 TRAIN = TINY + ['--t_text=4', '--batch_size=2', '--periodic_eval_samples=8']
@@ -40,12 +40,12 @@ def test_dump_early_exit_equals_full_forward():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU')
 def test_cuda_without_gpu_names_the_fix():
-    proc = run_script('bench.py', *TRAIN, '--device=cuda', check=False)
+    proc = run_inline('bench.py', *TRAIN, '--device=cuda')
     assert proc.returncode != 0
     assert '--device=cpu' in proc.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize('setting', ['--grad_checkpointing=True', '--lora_rank=4'])
 def test_settings_of_the_lm_copies_without_unfreezing_name_the_fix(setting):
-    proc = run_script('bench.py', *TRAIN, '--unfreeze_at=-1', '--lora_rank=0', setting, check=False)
+    proc = run_inline('bench.py', *TRAIN, '--unfreeze_at=-1', '--lora_rank=0', setting)
     assert proc.returncode != 0 and 'unfreeze_at' in proc.stderr.strip().splitlines()[-1]

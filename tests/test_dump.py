@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, run_inline, run_script
 from dump import Shards
 from model import TINY_MODELS, block_output, blocks, embed, load_model, patched, read_activations
 
@@ -147,10 +147,10 @@ def test_user_errors(corpus, tmp_path):
         (dict(num_train_samples=10 ** 6), 'fewer than the 1000000 samples'),
     ]
     for change, message in cases:
-        proc = run_script(*dump_args(corpus, out, **change), check=False)
+        proc = run_inline(*dump_args(corpus, out, **change))
         assert proc.returncode != 0 and message in proc.stderr, (change, proc.stderr[-500:])
     run_script(*dump_args(corpus, out))
-    proc = run_script(*dump_args(corpus, out, model='tiny-llama'), check=False)
+    proc = run_inline(*dump_args(corpus, out, model='tiny-llama'))
     assert "holds a dump made with model='tiny-gpt2'" in proc.stderr
     shard = out / 'acts' / 'train' / 'acts_0_1.bin'
     shard.write_bytes(shard.read_bytes()[:-10])
@@ -162,7 +162,7 @@ def test_user_errors(corpus, tmp_path):
 
 def test_activations_beyond_float16_stop_the_dump_unless_stored_as_bfloat16(corpus, tmp_path):
     model = local_tiny_dir(tmp_path, embedding_scale=1e5)
-    proc = run_script(*dump_args(corpus, tmp_path / 'f16', model=model), check=False)
+    proc = run_inline(*dump_args(corpus, tmp_path / 'f16', model=model))
     assert proc.returncode == 1 and "beyond float16's range" in proc.stderr and '--acts_dtype=bfloat16' in proc.stderr
     assert not (tmp_path / 'f16' / 'acts' / 'train' / 'acts_0_0.bin').exists()  # nothing stored as inf
     run_script(*dump_args(corpus, tmp_path / 'bf16', model=model, acts_dtype='bfloat16'))

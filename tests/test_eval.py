@@ -16,9 +16,11 @@ import torch.nn.functional as F
 import baselines
 import eval as ev
 from checkpoint import load_checkpoint, load_lens, save_lens_folder
-from conftest import make_corpus, run_script
+from conftest import make_corpus, run_inline, run_script
 from lens import Lens, LensConfig, kl_div, patched_kls, reconstruction_metrics
 from model import frozen, load_model, next_token_logits, read_activations
+
+pytestmark = pytest.mark.xdist_group('eval')  # test.sh's processes: one of them trains the module's run
 
 REQUIRED = ['explanations_unique', 'kl_lens', 'kl_zero', 'kl_mean', 'kl_resample', 'kl_text_prev_tokens', 'kl_text_next_tokens', 'kl_text_current_token', 'kl_text_shuffled', 'kl_text_empty',
             'fve', 'nll_explanation', 'nll_real_text', 'edit_rises', 'edit_rises_other', 'edit_logp_gain', 'edit_logp_gain_other']
@@ -211,16 +213,16 @@ def test_text_report_holds_every_token_and_explanation_escaped(run):
     (['--downstream_positions=32'], 'downstream_positions=32: the KL after p needs 1 to ctx - 1 = 31 positions'),
 ])
 def test_errors_name_cause_and_fix(run, args, message):
-    proc = run_script('eval.py', *run['common'], *args, check=False)
+    proc = run_inline('eval.py', *run['common'], *args)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1], proc.stderr
 
 
 def test_missing_checkpoint_and_missing_shards(run, tmp_path):
     common = [c for c in run['common'] if not c.startswith('--out_dir')]
-    proc = run_script('eval.py', *common, f'--out_dir={tmp_path}', check=False)
+    proc = run_inline('eval.py', *common, f'--out_dir={tmp_path}')
     assert proc.returncode == 1 and 'no checkpoint (best.pt or ckpt.pt) in' in proc.stderr and 'train.py' in proc.stderr
-    proc = run_script('eval.py', *common, f'--out_dir={tmp_path}', f"--ckpt={run['run_dir'] / 'best.pt'}", check=False)
+    proc = run_inline('eval.py', *common, f'--out_dir={tmp_path}', f"--ckpt={run['run_dir'] / 'best.pt'}")
     assert proc.returncode == 1 and 'no activation shards' in proc.stderr and 'dump.py' in proc.stderr
 
 
@@ -244,7 +246,7 @@ def test_a_lens_folder_explains_and_measures_as_its_checkpoint(run, shared):
     assert got['metrics'] == want['metrics'] and got['explanations'] == want['explanations']
     assert {'config.json', 'lens.safetensors', 'report.html', 'report_text.html'} <= set(os.listdir(shared))
     assert '<img alt="learning curve"' in (shared / 'report.html').read_text()  # from <run dir>/log.jsonl, above the folder
-    proc = run_script('eval.py', *run['common'], f'--lens={shared}', '--layer=1', check=False)
+    proc = run_inline('eval.py', *run['common'], f'--lens={shared}', '--layer=1')
     assert proc.returncode == 1 and "explains block 2, but this run has layer=1" in proc.stderr
     assert 'or pass another --lens' in proc.stderr
 

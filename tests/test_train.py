@@ -12,12 +12,13 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, make_corpus, run_script
+from conftest import ROOT, make_corpus, run_inline, run_script
 
 SHARED = dict(model='tiny-gpt2', layer=2, ctx=32, dtype='float32')
 TRAIN = SHARED | dict(t_text=3, batch_size=4, max_iters=12, eval_interval=6, periodic_eval_samples=8, log_interval=2,
                       ckpt_interval=100, warmup_iters=2, alpha_warmup_iters=4, tau_hold_iters=3, tau_decay_iters=6,
                       num_print_samples=1, unfreeze_at=-1, lora_rank=0, encoder_init='zero')  # frozen, the cheapest step, unless a test unfreezes
+TWO_RANKS = pytest.mark.xdist_group('two_ranks')  # test.sh's processes: one of them runs the module's torchrun pair
 
 
 def args(settings):
@@ -126,6 +127,7 @@ def eval_lines(log):
     return [list(map(float, re.findall(r'\d+\.\d+', line))) for line in log.splitlines() if line.startswith('eval iter')]
 
 
+@TWO_RANKS
 @pytest.mark.parametrize('sharding', ['ddp', 'fsdp'])
 def test_two_ranks_equal_one_rank_with_two_micro_steps_through_unfreezing(shards, two_rank_runs, sharding):
     """DDP, and FSDP with the copies sharded per block, train as 1 rank does with 2 accumulation steps (fp32:
@@ -145,12 +147,14 @@ def test_two_ranks_equal_one_rank_with_two_micro_steps_through_unfreezing(shards
         assert got == pytest.approx(want, rel=1e-3, abs=1e-4)
 
 
+@TWO_RANKS
 def test_low_rank_copies_train_in_step_on_two_ranks(two_rank_runs):
     log = two_rank_runs['ddp_lora']
     assert 'iter 2: unfroze the decoder\'s and encoder\'s copies of the LM (rank-2 updates' in log
     assert 'max parameter difference across 2 ranks: 0' in log
 
 
+@TWO_RANKS
 def test_fsdp_resume_equals_the_uninterrupted_run_and_its_lens_folder_explains_in_one_process(shards, two_rank_runs):
     import shutil
     import numpy as np
@@ -172,7 +176,7 @@ def test_fsdp_resume_equals_the_uninterrupted_run_and_its_lens_folder_explains_i
         torch.testing.assert_close(value, whole[key], rtol=0, atol=0)
     explanations, ids, recon = lens.explain(Shards(shards, 'val').get(np.arange(4))[0])
     assert len(explanations) == 4 and ids.shape == (4, 3) and torch.isfinite(recon).all()
-    proc = run_script('train.py', *args(TRAIN | dict(out_dir=shards, run_name='fsdp', init_from='resume')), check=False)
+    proc = run_inline('train.py', *args(TRAIN | dict(out_dir=shards, run_name='fsdp', init_from='resume')))
     assert proc.returncode == 1 and 'was saved with fsdp=True: resume it with --fsdp=True' in proc.stderr
 
 
@@ -301,7 +305,7 @@ def test_training_from_tokens_equals_training_from_the_dump(shards, tmp_path):
     (dict(downstream_positions=0), "downstream_positions=0: the periodic eval's KL after p needs 1 to ctx - 1 = 31"),
 ])
 def test_user_errors(shards, change, message):
-    proc = run_script('train.py', *args(TRAIN | dict(out_dir=shards, run_name='bad') | change), check=False)
+    proc = run_inline('train.py', *args(TRAIN | dict(out_dir=shards, run_name='bad') | change))
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-1000:]
 
 
@@ -320,8 +324,8 @@ def test_a_run_whose_steps_are_all_non_finite_stops_with_a_message(shards, tmp_p
 
 def test_resume_takes_the_lens_from_the_checkpoint_and_refuses_a_contradicting_setting(shards):
     train(shards, 'keep', max_iters=2)
-    proc = run_script('train.py', *args(TRAIN | dict(out_dir=shards, run_name='keep', init_from='resume', t_text=4,
-                                                      max_iters=3)), check=False)
+    proc = run_inline('train.py', *args(TRAIN | dict(out_dir=shards, run_name='keep', init_from='resume', t_text=4,
+                                                      max_iters=3)))
     assert proc.returncode == 1 and "was trained with t_text=3, but this run has t_text=4" in proc.stderr, proc.stderr[-800:]
     bare = {k: v for k, v in TRAIN.items() if k not in ('model', 'layer', 'ctx', 't_text')}  # all from dump and checkpoint
     log = run_script('train.py', *args(bare | dict(out_dir=shards, run_name='keep', init_from='resume', max_iters=3))).stdout
