@@ -22,12 +22,8 @@ dump_batch_size = 512
 
 # the lens of config/austen_next_words.py, frozen; the embedded default's lens (words ending at p, low-rank
 # copies trained from the start) is not yet measured at this scale
-encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
-encoder_init = 'zero'
-warm_start_target = 'next'
-warm_start_iters = 100
-unfreeze_at = -1
-lora_rank = 0
+exec(open('config/austen_next_words.py').read())
+run_name = ''  # named by train.py, not 'next_words'
 t_text = 10
 batch_size = 1024  # per optimizer step: 128 per GPU on 8 GPUs; on fewer GPUs raise gradient_accumulation_steps
 gradient_accumulation_steps = 1

@@ -26,12 +26,8 @@ dump_batch_size = 128
 
 # the lens of config/austen_next_words.py, frozen; the embedded default's lens (words ending at p, low-rank
 # copies trained from the start) is not yet measured at this scale
-encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
-encoder_init = 'zero'
-warm_start_target = 'next'
-warm_start_iters = 100
-unfreeze_at = -1
-lora_rank = 0
+exec(open('config/austen_next_words.py').read())
+run_name = ''  # named by train.py, not 'next_words'
 t_text = 10
 batch_size = 256  # samples per optimizer step: 32 per GPU on 8 GPUs
 max_iters = 7_812  # one epoch

@@ -23,13 +23,10 @@ dtype = 'bfloat16'
 compile = True
 dump_batch_size = 256
 
-# the lens of config/austen_next_words.py, whole LM copies from unfreeze_at on; the embedded default's lens
-# (words ending at p, low-rank copies trained from the start) is not yet measured at this scale
-encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
-encoder_init = 'zero'
-warm_start_target = 'next'
-warm_start_iters = 100
-lora_rank = 0  # fsdp shards whole copies, not low-rank updates
+# the lens of config/austen_next_words.py (whole LM copies, which fsdp shards), unfrozen from unfreeze_at on; the
+# embedded default's lens (words ending at p, low-rank copies trained from the start) is not yet measured at this scale
+exec(open('config/austen_next_words.py').read())
+run_name = ''  # named by train.py, not 'next_words'
 t_text = 10
 batch_size = 256  # samples per optimizer step: 32 per GPU on 8 GPUs
 max_iters = 7_812  # one epoch
