@@ -416,3 +416,46 @@ def test_embedding_rms_streams_the_embedding_matrix_and_equals_its_formula(monke
     assert 0 < mode.largest <= 64 * d < V * d
     expected = (lm.get_input_embeddings().weight.float() * 8.0).pow(2).mean().sqrt()  # Gemma scales by sqrt(d) = 8
     torch.testing.assert_close(stats.embedding_rms, expected, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize('which', ['previous', 'current', 'next'])
+def test_other_positions_pair_the_frozen_lms_activation_with_its_complete_real_tokens(which):
+    """warm_positions' extra pairs: A at each drawn position q is the frozen LM's block output there, and its words
+    are the real tokens of `which` at q, never running past the window."""
+    from lens import other_positions, real_tokens
+    torch.manual_seed(0)
+    lm, _ = load_model('tiny-llama')
+    _, tokens, _ = batch(lm, B=5, ctx=12)
+    acts, targets = other_positions(lm, LAYER, tokens, 30, 4, which)
+    assert acts.shape == (150, lm.config.hidden_size) and (targets >= 0).all()
+    rows = tokens.repeat_interleave(30, 0)
+    checked = 0
+    for q in range(12):  # each pair's position is the one whose real tokens it holds
+        expected, complete = real_tokens(rows, torch.full((150,), q), 4, which)
+        same = (expected == targets).all(1) & complete
+        checked += int(same.sum())
+        if same.any():
+            torch.testing.assert_close(acts[same], read_activations(lm, LAYER, rows[same], torch.full((int(same.sum()),), q)))
+    assert checked >= 150
+
+
+def test_warm_positions_add_their_pairs_to_the_warm_start_cross_entropy():
+    """The warm term with warm_positions is the decoder's teacher-forced cross-entropy over the batch's own pairs and
+    the drawn ones together, with the same draw."""
+    import torch.nn.functional as F
+    from lens import other_positions, real_tokens
+    lm, tokenizer = load_model('tiny-llama')
+    acts, tokens, pos = batch(lm, B=4)
+    lens = Lens(LensConfig(layer=LAYER, t_text=3), lm, tokenizer)
+    lens.stats.set(acts)
+    torch.manual_seed(3)
+    warm = lens(acts, tokens, pos, terms=['warm'], warm_positions=5)['warm']
+    torch.manual_seed(3)
+    lens.decoder(acts, 1.0)  # the forward's Gumbel draw comes first
+    more_acts, more_targets = other_positions(lm, LAYER, tokens, 5, 3, 'previous')
+    targets = torch.cat([real_tokens(tokens, pos, 3, 'previous')[0], more_targets])
+    logits = lens.decoder.teacher_forced_logits(torch.cat([acts, more_acts]), targets)
+    expected = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+    torch.testing.assert_close(warm, expected)
+    torch.manual_seed(3)
+    assert not torch.allclose(warm, lens(acts, tokens, pos, terms=['warm'])['warm'])
