@@ -8,6 +8,7 @@ t_text = 8
 encoder_prompt = '<|endoftext|>Summary of the text:<text>\nSummary of the text:'
 encoder_init = 'zero'
 warm_start_target = 'next'
+w_current_token = 0.0
 warm_start_iters = 100
 unfreeze_at = -1
 lora_rank = 0

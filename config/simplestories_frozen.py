@@ -21,6 +21,7 @@ decoder_prompt = 'short explanation of <embed>:'
 encoder_prompt = 'Summary of the text: <text>'
 encoder_init = 'zero'  # the lens of config/austen_next_words.py, frozen
 warm_start_target = 'next'
+w_current_token = 0.0
 warm_start_iters = 100
 unfreeze_at = -1
 lora_rank = 0

@@ -107,7 +107,7 @@ def run(tmp_path_factory):
     run_script('train.py', *common, '--encoder_layer=2', '--t_text=4', '--max_iters=60', '--batch_size=16',
                '--learning_rate=3e-3', '--warmup_iters=5', '--alpha_warmup_iters=20', '--tau_hold_iters=20',
                '--tau_decay_iters=40', '--eval_interval=30', '--periodic_eval_samples=100', '--ckpt_interval=60',
-               '--run_name=r1', '--unfreeze_at=-1', '--lora_rank=0', '--encoder_init=zero', '--warm_start_target=next',
+               '--run_name=r1', '--unfreeze_at=-1', '--lora_rank=0', '--encoder_init=zero', '--warm_start_target=next', '--w_current_token=0',
                '--warm_start_iters=100')
     shards = run_script('eval.py', *common, '--eval_samples=500', '--best_of_k=3')
     text = run_script('eval.py', *common, f'--text={HOSTILE}')
