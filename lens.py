@@ -290,26 +290,6 @@ def real_tokens(tokens, pos, n, which):
 
 
 @torch.no_grad()
-def searched_words(lens, tokens, pos, k, generator=None):
-    """The real words of each window that the lens's encoder reads best: of the t_text tokens ending at p and k
-    draws of t_text - 1 tokens from before p, in text order, then the token at p, the one whose reading gives the
-    lowest KL at p ([B, t_text] ids). Words a decoder can be taught in place of the tail, chosen against A
-    from A's own context. Rows with p < t_text - 1 keep their (padded) tail."""
-    T = lens.cfg.t_text
-    tail, complete = real_tokens(tokens, pos, T, 'previous')
-    candidates = [tail]
-    before = torch.arange(tokens.shape[1], device=tokens.device)[None] < pos[:, None]
-    for _ in range(k):
-        draw = torch.rand(tokens.shape, device=tokens.device, generator=generator).masked_fill(~before, 2)
-        picks = draw.topk(T - 1, largest=False).indices.sort(1).values
-        candidates.append(torch.cat([tokens.gather(1, picks), tokens.gather(1, pos[:, None])], 1))
-    own, *logits = next_token_logits(lens.lm, lens.cfg.layer, tokens, pos, *(lens.encoder(c.clamp(min=0)) for c in candidates))
-    kls = torch.stack([kl_div(own, patch_logits) for patch_logits in logits], 1)
-    kls[:, 1:] = kls[:, 1:].masked_fill(~complete[:, None], float('inf'))  # too few tokens before p to draw from
-    return torch.stack(candidates, 1)[torch.arange(len(tokens), device=tokens.device), kls.argmin(1)]
-
-
-@torch.no_grad()
 def other_positions(lm, layer, tokens, n, t_text, which):
     """n random positions q of each window, with (A at q [B * n, d], the real tokens of `which` at q [B * n, t_text]),
     A from one frozen pass over the windows. Positions are drawn where those tokens lie inside the window."""
@@ -383,8 +363,7 @@ class Lens(nn.Module):
             raise RuntimeError(f"the lens's state does not fit this lens: {wrong[:5]}")
         return result
 
-    def forward(self, acts, tokens, pos, tau=1.0, terms=(), warm_target='previous', resample=False, warm_positions=0,
-                warm_words=None):
+    def forward(self, acts, tokens, pos, tau=1.0, terms=(), warm_target='previous', resample=False, warm_positions=0):
         """The training loss terms of a batch, unweighted: train.py weighs and sums them. Always 'kl' (at the
         next token of p), 'entropy' (of the decoder's distributions) and 'mse' (Â - A in units of A's scale,
         about 1 - FVE: raw units are dominated by a few massive dimensions and differ between models by orders
@@ -394,8 +373,7 @@ class Lens(nn.Module):
                            cross-entropy for writing the t_text real tokens of warm_target ('previous': ending at p,
                            'current': from p, 'next': after p), and 'kl_real_text', the KL of the encoder reading them;
                            warm_positions > 0 adds that many other positions of each window to the cross-entropy,
-                           their A read off the frozen LM: more pairs of (A, real words) per step from the same windows;
-                           warm_words (ids [B, t_text], ending at p as 'previous' does) replace the real tokens at p
+                           their A read off the frozen LM: more pairs of (A, real words) per step from the same windows
           'current_token'  the decoder's cross-entropy for the token at p in the word where warm_target puts it
                            (the first for 'current', the last for 'previous')
         resample: patch Â + (A' - Â') with A' another sample of the batch, so the KL measures whether the
@@ -406,8 +384,7 @@ class Lens(nn.Module):
         with record_function('lens.encoder'):
             recon = self.encoder(one_hot)
             if 'warm' in terms:
-                targets, complete = (real_tokens(tokens, pos, self.cfg.t_text, warm_target) if warm_words is None
-                                     else (warm_words, (warm_words >= 0).all(1)))
+                targets, complete = real_tokens(tokens, pos, self.cfg.t_text, warm_target)
                 recon_real = self.encoder(targets.clamp(min=0))
         with record_function('lens.kl'):
             patch = recon + (acts.roll(1, 0) - recon.roll(1, 0)) if resample else recon

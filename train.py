@@ -28,7 +28,7 @@ from checkpoint import checkpoint_to_resume, model_signature, open_log, save_che
 from configurator import configure, given_keys
 from dump import Shards, TokenWindows, batch_indices, read_tokens, start_ranks
 from baselines import periodic_eval
-from lens import Lens, LensConfig, searched_words
+from lens import Lens, LensConfig
 from model import check_layer, load_model, pick_dtype, use_tf32
 from parallel import full_states, load_states, make_optimizer, rebuilt_optimizer, unfreeze, wrap
 
@@ -74,7 +74,6 @@ w_current_token = 0.3  # the decoder's cross-entropy for the token at p in its w
 warm_start_weight = 1.0  # the decoder's cross-entropy for writing real tokens (and the encoder's KL reading them),
 warm_start_iters = 1000  # decayed linearly to 0 over these iterations (at half weight when the 500 end): a per-sample signal
 warm_start_target = 'previous'  # the real tokens it writes and reads: 'previous' (ending at p), 'current' (from p), 'next' (after p)
-search_k = 0  # > 0: the warm start's words at p are the best of search_k draws of real words ending at p (lens.searched_words)
 warm_positions = 0  # the decoder's cross-entropy also at this many other positions of each window (A from a frozen pass)
 resample_ablation = False  # patch Â + (A' - Â') with A' another sample of the batch
 tau_start = 1.0  # Gumbel-softmax temperature: held for tau_hold_iters, then decays to tau_end
@@ -151,9 +150,6 @@ if w_current_token > 0 and warm_start_target == 'next':
     raise SystemExit(f"w_current_token={w_current_token} asks for the token at p in the word where warm_start_target puts "
                      f"it, and 'next' (the tokens after p) has none: use 'current' (the first word) or 'previous' (the last), "
                      f"or w_current_token=0")
-if search_k and warm_start_target != 'previous':
-    raise SystemExit(f"search_k={search_k} searches words that end at p, and warm_start_target={warm_start_target!r} teaches "
-                     f"others: use warm_start_target='previous', or search_k=0")
 if device.startswith('cuda'):
     use_tf32()
 MAX_SKIPPED = 10  # non-finite steps in a row before training stops with a message
@@ -273,30 +269,7 @@ def get_w_entropy(it):
 
 def get_batch(it, micro_step):
     index = batch_indices(seed, len(train_data), batch_size, it, micro_step, rank, world, gradient_accumulation_steps)
-    words = searched[index].to(device) if search_k else None
-    return [t.to(device, non_blocking=True) for t in train_data.get(index)] + [words]
-
-
-def search_warm_words():
-    """The warm start's searched words of every sample this rank will draw, chosen once by the untrained encoder and
-    kept in the run folder, so a resumed run reads them back. [num_train, t_text], -100 for samples never drawn."""
-    path = os.path.join(run_dir, f'searched_words_rank{rank}.pt')
-    if os.path.exists(path):
-        return torch.load(path)
-    t_start, drawn = time.time(), np.unique(np.concatenate([
-        batch_indices(seed, len(train_data), batch_size, it, m, rank, world, gradient_accumulation_steps)
-        for it in range(max_iters) for m in range(gradient_accumulation_steps)]))
-    _, tokens, pos = train_data.get(drawn)
-    words, generator = torch.full((len(train_data), t_text), -100), torch.Generator(device).manual_seed(seed + rank)
-    for part in pos.argsort().split(32):  # in order of p: next_token_logits pads a batch to its largest p
-        words[drawn[part.numpy()]] = searched_words(raw_lens, tokens[part].to(device), pos[part].to(device), search_k, generator).cpu()
-    os.makedirs(run_dir, exist_ok=True)
-    torch.save(words, path)
-    print0(f"searched the warm start's words of {len(drawn)} samples, best of {search_k} draws ({time.time() - t_start:.0f}s)")
-    return words
-
-
-searched = search_warm_words() if search_k else None
+    return [t.to(device, non_blocking=True) for t in train_data.get(index)]
 
 
 def payload(states):
@@ -346,12 +319,11 @@ def train_step(it):
     parts = {}
     for micro_step in range(gradient_accumulation_steps):
         reseed(it, micro_step * world + rank)  # the noise follows the sample: 2 ranks equal 1 rank x 2 micro-steps
-        acts, tokens, pos, words = get_batch(it, micro_step)
+        acts, tokens, pos = get_batch(it, micro_step)
         if isinstance(lens, DDP):
             lens.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         out = lens(acts, tokens, pos, tau=get_tau(it), terms=[k for k, w in weights.items() if w],
-                   warm_target=warm_start_target, resample=resample_ablation, warm_positions=warm_positions,
-                   warm_words=words)
+                   warm_target=warm_start_target, resample=resample_ablation, warm_positions=warm_positions)
         out['loss'] = sum(w * out[k] for k, w in weights.items() if w)
         (out['loss'] / gradient_accumulation_steps).backward()
         parts = {k: parts.get(k, 0) + v.detach() / gradient_accumulation_steps for k, v in out.items()}

@@ -459,25 +459,3 @@ def test_warm_positions_add_their_pairs_to_the_warm_start_cross_entropy():
     torch.testing.assert_close(warm, expected)
     torch.manual_seed(3)
     assert not torch.allclose(warm, lens(acts, tokens, pos, terms=['warm'])['warm'])
-
-
-def test_searched_words_end_at_p_come_from_before_it_and_read_no_worse_than_the_tail():
-    """search_k's words: the token at p last, the others real tokens from before p in text order, and the encoder's
-    reading of them no worse at p than of the tail (a candidate), better on some samples."""
-    from lens import real_tokens, searched_words
-    torch.manual_seed(0)
-    lm, tokenizer = load_model('tiny-llama')
-    acts, tokens, pos = batch(lm, B=12)
-    pos = pos.clamp(min=4)
-    lens = Lens(LensConfig(layer=LAYER, t_text=3), lm, tokenizer)
-    lens.stats.set(acts)
-    words = searched_words(lens, tokens, pos, k=8)
-    tail = real_tokens(tokens, pos, 3, 'previous')[0]
-    assert (words[:, -1] == tokens[torch.arange(12), pos]).all()
-    for row, p, w in zip(tokens.tolist(), pos.tolist(), words.tolist()):
-        before = row[:p]
-        first = before.index(w[0])
-        assert w[1] in before[first + 1:]  # in text order (random tokens rarely repeat)
-    kl = lambda ids: kl_div(*next_token_logits(lm, LAYER, tokens, pos, lens.encoder(ids)))
-    searched, real = kl(words), kl(tail)
-    assert (searched <= real + 1e-6).all() and (searched < real - 1e-3).any()

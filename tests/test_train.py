@@ -197,21 +197,6 @@ def test_unfreeze_at_trains_the_lm_copies_from_that_iteration(shards):
     assert 'checkpoint: ' in measured and 'iteration 5' in measured and 'KL mean' in measured
 
 
-def test_searched_warm_words_are_chosen_once_and_read_back_on_resume(shards):
-    """search_k: the words of every sample the run draws are searched before the first step and kept in the run
-    folder (each ends at its token at p); a resumed run reads them back instead of searching again."""
-    from dump import Shards
-    first = train(shards, 'searched', max_iters=4, search_k=3).stdout
-    assert re.search(r"searched the warm start's words of \d+ samples, best of 3 draws", first)
-    words = torch.load(os.path.join(shards, 'searched', 'searched_words_rank0.pt'))
-    drawn = (words >= 0).all(1).nonzero()[:, 0].numpy()
-    assert 4 <= len(drawn) <= 16  # 4 iterations of 4 samples
-    _, tokens, pos = Shards(shards, 'train').get(drawn)
-    assert torch.equal(words[drawn, -1], tokens[torch.arange(len(drawn)), pos])
-    resumed = train(shards, 'searched', max_iters=6, search_k=3, init_from='resume').stdout
-    assert 'resuming searched from iteration 4' in resumed and 'searched the' not in resumed
-
-
 def test_low_rank_copies_resume_exactly_and_their_lens_holds_only_the_updates(shards):
     import shutil
     lora = dict(max_iters=4, unfreeze_at=1, lora_rank=2, ckpt_interval=2, keep_last=2)
@@ -311,7 +296,6 @@ def test_training_from_tokens_equals_training_from_the_dump(shards, tmp_path):
     (dict(dtype='int8'), "dtype='int8' loads the frozen LM with bitsandbytes, which needs a CUDA GPU"),
     (dict(warm_start_target='later'), "warm_start_target='later'"),
     (dict(w_current_token=1.0, warm_start_target='next'), "and 'next' (the tokens after p) has none"),
-    (dict(search_k=4, warm_start_target='current', w_current_token=0.0), "search_k=4 searches words that end at p"),
     (dict(grad_checkpointing=True), "grad_checkpointing=True recomputes the activations of the unfrozen LM copies"),
     (dict(acts_source='memory'), "acts_source='memory': use 'shards' (run dump.py first) or 'tokens'"),
     (dict(lr_schedule='step'), "lr_schedule='step': use one of cosine, linear, polynomial"),
