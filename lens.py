@@ -290,18 +290,6 @@ def real_tokens(tokens, pos, n, which):
 
 
 @torch.no_grad()
-def other_positions(lm, layer, tokens, n, t_text, which):
-    """n random positions q of each window, with (A at q [B * n, d], the real tokens of `which` at q [B * n, t_text]),
-    A from one frozen pass over the windows. Positions are drawn where those tokens lie inside the window."""
-    low, high = dict(previous=(t_text - 1, 0), current=(0, t_text - 1), next=(0, t_text))[which]
-    q = torch.randint(low, tokens.shape[1] - high, (len(tokens), n), device=tokens.device)
-    hidden = block_output(lm, layer, input_ids=tokens)
-    rows = torch.arange(len(tokens), device=tokens.device)[:, None]
-    targets, _ = real_tokens(tokens.repeat_interleave(n, 0), q.flatten(), t_text, which)
-    return hidden[rows, q].flatten(0, 1).float(), targets
-
-
-@torch.no_grad()
 def patched_kls(lm, layer, tokens, pos, patches, batch_size, after=0):
     """The measurement that train.py's periodic eval and eval.py share: KL(P(.|A) || P(.|patch)) at p per
     sample for each patch ({name: [n, d]}), and the logits at p of the LM and with the first patch ([n, V]).
@@ -363,7 +351,7 @@ class Lens(nn.Module):
             raise RuntimeError(f"the lens's state does not fit this lens: {wrong[:5]}")
         return result
 
-    def forward(self, acts, tokens, pos, tau=1.0, terms=(), warm_target='previous', resample=False, warm_positions=0):
+    def forward(self, acts, tokens, pos, tau=1.0, terms=(), warm_target='previous', resample=False):
         """The training loss terms of a batch, unweighted: train.py weighs and sums them. Always 'kl' (at the
         next token of p), 'entropy' (of the decoder's distributions) and 'mse' (Â - A in units of A's scale,
         about 1 - FVE: raw units are dominated by a few massive dimensions and differ between models by orders
@@ -371,9 +359,7 @@ class Lens(nn.Module):
           'lm'             fluency: KL(the frozen LM reading the words after the natural prefix || the decoder)
           'warm'           the warm start, a per-sample target from the first step: the decoder's teacher-forced
                            cross-entropy for writing the t_text real tokens of warm_target ('previous': ending at p,
-                           'current': from p, 'next': after p), and 'kl_real_text', the KL of the encoder reading them;
-                           warm_positions > 0 adds that many other positions of each window to the cross-entropy,
-                           their A read off the frozen LM: more pairs of (A, real words) per step from the same windows
+                           'current': from p, 'next': after p), and 'kl_real_text', the KL of the encoder reading them
           'current_token'  the decoder's cross-entropy for the token at p in the word where warm_target puts it
                            (the first for 'current', the last for 'previous')
         resample: patch Â + (A' - Â') with A' another sample of the batch, so the KL measures whether the
@@ -402,12 +388,8 @@ class Lens(nn.Module):
             out['lm'] = kl_div(base_logits, dec_logits).mean()
         if 'warm' in terms:
             with record_function('lens.warm_start'):
-                pairs = (acts, targets)
-                if warm_positions:
-                    more = other_positions(self.lm, self.cfg.layer, tokens, warm_positions, self.cfg.t_text, warm_target)
-                    pairs = tuple(torch.cat(two) for two in zip(pairs, more))
-                logits_forced = self.decoder.teacher_forced_logits(*pairs)
-            out['warm'] = F.cross_entropy(logits_forced.flatten(0, 1).float(), pairs[1].flatten(), ignore_index=-100)
+                logits_forced = self.decoder.teacher_forced_logits(acts, targets)
+            out['warm'] = F.cross_entropy(logits_forced.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             # rows that run past the window are padded: the encoder learns only from complete ones
             out['kl_real_text'] = (kl_div(logits_a, logits[1]) * complete).sum() / complete.sum().clamp(min=1)
         return out | dict(fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())
