@@ -17,7 +17,7 @@ from conftest import ROOT, make_corpus, run_inline, run_script
 SHARED = dict(model='tiny-gpt2', layer=2, ctx=32, dtype='float32')
 TRAIN = SHARED | dict(t_text=3, batch_size=4, max_iters=12, eval_interval=6, periodic_eval_samples=8, log_interval=2,
                       ckpt_interval=100, warmup_iters=2, alpha_warmup_iters=4, tau_hold_iters=3, tau_decay_iters=6,
-                      num_print_samples=1, unfreeze_at=-1, lora_rank=0, encoder_init='zero')  # frozen, the cheapest step, unless a test unfreezes
+                      num_print_samples=1, unfreeze_at=-1, lora_rank=0, encoder_init='zero', w_current_token=0.0)  # frozen, the cheapest step, unless a test unfreezes
 TWO_RANKS = pytest.mark.xdist_group('two_ranks')  # test.sh's processes: one of them runs the module's torchrun pair
 
 
@@ -353,7 +353,7 @@ def test_the_lens_words_carry_each_activations_own_information(tmp_path):
         periodic_eval_samples=100, run_name='tiny', w_lm=0.01, unfreeze_at=-1, lora_rank=0, encoder_init='zero',
         # the defaults are for a pretrained LM on real text: random bytes have no next token to warm-start on,
         # and a random model has no induction heads to re-read the words with, so they go last
-        warm_start_weight=0.0, encoder_prompt='Summary: <text>'))).stdout
+        warm_start_weight=0.0, w_current_token=0.0, encoder_prompt='Summary: <text>'))).stdout
     final = read_log(out, 'tiny')[-1]
     assert final['split'] == 'val' and final['iter'] == 120 and re.search(r"text_top_tokens \d", log)
     assert final['kl'] < 0.92 * final['kl_text_shuffled'], log[-1500:]
