@@ -406,6 +406,27 @@ def test_best_words_is_the_lowest_kl_of_the_words_and_the_decoders_samples():
     assert from_samples[1] and 0 < from_samples.sum() < 8, 'the tail and the samples should each win somewhere'
 
 
+def test_expert_k_teaches_the_best_words_in_the_warm_terms():
+    """With expert_k the warm start's cross-entropy and KL are those of lens.best_words' pick (same seed): the
+    decoder is taught to write, and the encoder to read, the words that won."""
+    import torch.nn.functional as F
+    from lens import real_tokens
+    lm, tokenizer = load_model('tiny-llama')
+    acts, tokens, pos = batch(lm, B=8)
+    lens = Lens(LensConfig(layer=LAYER, t_text=3), lm, tokenizer)
+    lens.stats.set(acts)
+    torch.manual_seed(0)
+    best, _ = lens.best_words(acts, tokens, pos, real_tokens(tokens, pos, 3, 'previous')[0], k=4)
+    torch.manual_seed(0)
+    out = lens(acts, tokens, pos, terms=['warm'], expert_k=4)
+    with torch.no_grad():
+        expected = F.cross_entropy(lens.decoder.teacher_forced_logits(acts, best).flatten(0, 1), best.flatten())
+        kl = kl_div(*next_token_logits(lm, LAYER, tokens, pos, lens.encoder(best))).mean()
+    torch.testing.assert_close(out['warm'], expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out['kl_real_text'], kl, rtol=1e-4, atol=1e-5)
+    assert 0 < out['expert_share'] <= 1
+
+
 def test_real_tokens_by_value():
     from lens import real_tokens
     tokens, pos = torch.arange(10)[None].expand(2, -1) + 100, torch.tensor([1, 8])
