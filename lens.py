@@ -351,7 +351,7 @@ class Lens(nn.Module):
             raise RuntimeError(f"the lens's state does not fit this lens: {wrong[:5]}")
         return result
 
-    def forward(self, acts, tokens, pos, tau=1.0, terms=(), warm_target='previous', resample=False, expert_k=0):
+    def forward(self, acts, tokens, pos, tau=1.0, terms=(), warm_target='previous', resample=False):
         """The training loss terms of a batch, unweighted: train.py weighs and sums them. Always 'kl' (at the
         next token of p), 'entropy' (of the decoder's distributions) and 'mse' (Â - A in units of A's scale,
         about 1 - FVE: raw units are dominated by a few massive dimensions and differ between models by orders
@@ -359,25 +359,18 @@ class Lens(nn.Module):
           'lm'             fluency: KL(the frozen LM reading the words after the natural prefix || the decoder)
           'warm'           the warm start, a per-sample target from the first step: the decoder's teacher-forced
                            cross-entropy for writing the t_text real tokens of warm_target ('previous': ending at p,
-                           'current': from p, 'next': after p), and 'kl_real_text', the KL of the encoder reading them;
-                           expert_k > 0 teaches instead the best of them and expert_k samples (best_words: expert
-                           iteration), and 'expert_share' is the fraction of samples where a sample won
+                           'current': from p, 'next': after p), and 'kl_real_text', the KL of the encoder reading them
           'current_token'  the decoder's cross-entropy for the token at p in the word where warm_target puts it
                            (the first for 'current', the last for 'previous')
         resample: patch Â + (A' - Â') with A' another sample of the batch, so the KL measures whether the
         reconstruction error carried over from another context still preserves A's function. 'fve' and 'cos'
         come along as metrics."""
-        if 'warm' in terms:
-            targets, complete = real_tokens(tokens, pos, self.cfg.t_text, warm_target)
-            if expert_k:
-                with record_function('lens.expert'):
-                    targets, from_samples = self.best_words(acts, tokens, pos, targets, expert_k)
-                complete = (targets >= 0).all(1)
         with record_function('lens.decoder'):  # labels for profilers: bench.py's time split, GPU traces
             one_hot, dec_logits, ids = self.decoder(acts, tau)
         with record_function('lens.encoder'):
             recon = self.encoder(one_hot)
             if 'warm' in terms:
+                targets, complete = real_tokens(tokens, pos, self.cfg.t_text, warm_target)
                 recon_real = self.encoder(targets.clamp(min=0))
         with record_function('lens.kl'):
             patch = recon + (acts.roll(1, 0) - recon.roll(1, 0)) if resample else recon
@@ -399,24 +392,7 @@ class Lens(nn.Module):
             out['warm'] = F.cross_entropy(logits_forced.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             # rows that run past the window are padded: the encoder learns only from complete ones
             out['kl_real_text'] = (kl_div(logits_a, logits[1]) * complete).sum() / complete.sum().clamp(min=1)
-            if expert_k:
-                out['expert_share'] = from_samples.float().mean()
         return out | dict(fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())
-
-    @torch.no_grad()
-    def best_words(self, acts, tokens, pos, words, k):
-        """Expert iteration's target: of `words` (ids [B, T], -100 where missing) and k explanations the decoder
-        samples from A (temperature 1), the one whose reading by the encoder gives the lowest KL at p, per sample
-        ([B, T], and whether a sample won [B]). It is never worse than `words` by that KL, and, drawn from the
-        decoder given A alone, it is something the decoder can learn to write from A."""
-        B = len(acts)
-        sampled = self.decoder(acts.repeat(k, 1), 1.0, 'sample')[2]
-        options = torch.cat([words, sampled]).view(k + 1, B, -1)
-        recons = self.encoder(options.clamp(min=0).flatten(0, 1)).view(k + 1, B, -1)
-        own, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, *recons)
-        kls = torch.stack([kl_div(own, patch_logits) for patch_logits in logits])
-        best = kls.masked_fill((options < 0).any(-1), float('inf')).argmin(0)
-        return options[best, torch.arange(B, device=acts.device)], best > 0
 
     @torch.no_grad()
     def explain(self, acts, mode='greedy', tau=1.0):

@@ -74,7 +74,6 @@ w_current_token = 0.3  # the decoder's cross-entropy for the token at p in its w
 warm_start_weight = 1.0  # the decoder's cross-entropy for writing real tokens (and the encoder's KL reading them),
 warm_start_iters = 1000  # decayed linearly to 0 over these iterations (at half weight when the 500 end): a per-sample signal
 warm_start_target = 'previous'  # the real tokens it writes and reads: 'previous' (ending at p), 'current' (from p), 'next' (after p)
-expert_k = 0  # > 0: the warm start teaches the best of those tokens and expert_k of the decoder's samples (lens.best_words)
 resample_ablation = False  # patch Â + (A' - Â') with A' another sample of the batch
 tau_start = 1.0  # Gumbel-softmax temperature: held for tau_hold_iters, then decays to tau_end
 tau_end = 0.1
@@ -323,7 +322,7 @@ def train_step(it):
         if isinstance(lens, DDP):
             lens.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         out = lens(acts, tokens, pos, tau=get_tau(it), terms=[k for k, w in weights.items() if w],
-                   warm_target=warm_start_target, resample=resample_ablation, expert_k=expert_k)
+                   warm_target=warm_start_target, resample=resample_ablation)
         out['loss'] = sum(w * out[k] for k, w in weights.items() if w)
         (out['loss'] / gradient_accumulation_steps).backward()
         parts = {k: parts.get(k, 0) + v.detach() / gradient_accumulation_steps for k, v in out.items()}
@@ -415,7 +414,7 @@ if __name__ == '__main__':  # bench.py runs the setup above to time train_step, 
             parts = {k: v.item() for k, v in parts.items()}
             step_time = np.mean(step_times[-log_interval:])
             lr, tau, alpha = get_lr(iter_num - 1), get_tau(iter_num - 1), get_alpha(iter_num - 1)
-            optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text', 'current_token', 'expert_share') if k in parts)
+            optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text', 'current_token') if k in parts)
             memory = torch.tensor(peak_memory_mib(), device=device)
             if ddp:
                 torch.distributed.all_reduce(memory, op=torch.distributed.ReduceOp.MAX)

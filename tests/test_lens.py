@@ -381,52 +381,6 @@ def test_the_current_token_loss_teaches_the_decoder_to_name_the_token_at_p(warm_
     assert named() >= 0.75
 
 
-def test_best_words_is_the_lowest_kl_of_the_words_and_the_decoders_samples():
-    """Expert iteration's target equals a brute-force pick: the same k samples (same seed) and the given words,
-    each read by the encoder alone and scored by the KL at p; a missing word (-100) is never picked."""
-    from lens import real_tokens
-    lm, tokenizer = load_model('tiny-llama')
-    acts, tokens, pos = batch(lm, B=8)
-    pos[1] = 1  # too early for a full tail: a sample must win there
-    lens = Lens(LensConfig(layer=LAYER, t_text=3), lm, tokenizer)
-    lens.stats.set(acts)
-    words, _ = real_tokens(tokens, pos, 3, 'previous')
-    torch.manual_seed(0)
-    best, from_samples = lens.best_words(acts, tokens, pos, words, k=5)
-    torch.manual_seed(0)
-    sampled = lens.decoder(acts.repeat(5, 1), 1.0, 'sample')[2].view(5, 8, 3)
-    with torch.no_grad():
-        def kl(ids):
-            return kl_div(*next_token_logits(lm, LAYER, tokens, pos, lens.encoder(ids.clamp(min=0))))
-        kls = torch.stack([kl(words).masked_fill((words < 0).any(1), float('inf'))] + [kl(s) for s in sampled])
-        options = torch.cat([words[None], sampled])
-    expected = options[kls.argmin(0), torch.arange(8)]
-    assert best.tolist() == expected.tolist()
-    assert from_samples.tolist() == (kls.argmin(0) > 0).tolist()
-    assert from_samples[1] and 0 < from_samples.sum() < 8, 'the tail and the samples should each win somewhere'
-
-
-def test_expert_k_teaches_the_best_words_in_the_warm_terms():
-    """With expert_k the warm start's cross-entropy and KL are those of lens.best_words' pick (same seed): the
-    decoder is taught to write, and the encoder to read, the words that won."""
-    import torch.nn.functional as F
-    from lens import real_tokens
-    lm, tokenizer = load_model('tiny-llama')
-    acts, tokens, pos = batch(lm, B=8)
-    lens = Lens(LensConfig(layer=LAYER, t_text=3), lm, tokenizer)
-    lens.stats.set(acts)
-    torch.manual_seed(0)
-    best, _ = lens.best_words(acts, tokens, pos, real_tokens(tokens, pos, 3, 'previous')[0], k=4)
-    torch.manual_seed(0)
-    out = lens(acts, tokens, pos, terms=['warm'], expert_k=4)
-    with torch.no_grad():
-        expected = F.cross_entropy(lens.decoder.teacher_forced_logits(acts, best).flatten(0, 1), best.flatten())
-        kl = kl_div(*next_token_logits(lm, LAYER, tokens, pos, lens.encoder(best))).mean()
-    torch.testing.assert_close(out['warm'], expected, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(out['kl_real_text'], kl, rtol=1e-4, atol=1e-5)
-    assert 0 < out['expert_share'] <= 1
-
-
 def test_real_tokens_by_value():
     from lens import real_tokens
     tokens, pos = torch.arange(10)[None].expand(2, -1) + 100, torch.tensor([1, 8])
