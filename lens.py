@@ -351,7 +351,7 @@ class Lens(nn.Module):
             raise RuntimeError(f"the lens's state does not fit this lens: {wrong[:5]}")
         return result
 
-    def forward(self, acts, tokens, pos, tau=1.0, terms=(), warm_target='previous', resample=False):
+    def forward(self, acts, tokens, pos, tau=1.0, terms=(), warm_target='previous', resample=False, pg_k=8):
         """The training loss terms of a batch, unweighted: train.py weighs and sums them. Always 'kl' (at the
         next token of p), 'entropy' (of the decoder's distributions) and 'mse' (Â - A in units of A's scale,
         about 1 - FVE: raw units are dominated by a few massive dimensions and differ between models by orders
@@ -362,6 +362,8 @@ class Lens(nn.Module):
                            'current': from p, 'next': after p), and 'kl_real_text', the KL of the encoder reading them
           'current_token'  the decoder's cross-entropy for the token at p in the word where warm_target puts it
                            (the first for 'current', the last for 'previous')
+          'pg'             the policy gradient of the KL over pg_k sampled explanations per sample (policy_gradient),
+                           and 'pg_kl', the samples' mean KL at p
         resample: patch Â + (A' - Â') with A' another sample of the batch, so the KL measures whether the
         reconstruction error carried over from another context still preserves A's function. 'fve' and 'cos'
         come along as metrics."""
@@ -392,7 +394,28 @@ class Lens(nn.Module):
             out['warm'] = F.cross_entropy(logits_forced.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
             # rows that run past the window are padded: the encoder learns only from complete ones
             out['kl_real_text'] = (kl_div(logits_a, logits[1]) * complete).sum() / complete.sum().clamp(min=1)
+        if 'pg' in terms:
+            with record_function('lens.policy_gradient'):
+                out['pg'], out['pg_kl'] = self.policy_gradient(acts, tokens, pos, pg_k)
         return out | dict(fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())
+
+    def policy_gradient(self, acts, tokens, pos, k):
+        """REINFORCE with reward -KL and a group baseline (as GRPO, without clipping): per activation the decoder
+        samples k explanations (temperature 1), the encoder reads each and its KL at p is measured, without gradient;
+        the loss is -(advantage x the sample's log-probability under the decoder), the advantage being how far the
+        sample's KL lies below its group's mean, in units of the group's standard deviation. The Gumbel KL trains
+        the words through a relaxed gradient; this scores the exact words the encoder reads, and every sample
+        teaches: better than its group's mean pulled up, worse pushed down. Returns (loss, the samples' mean KL)."""
+        repeated = acts.repeat(k, 1)
+        with torch.no_grad():
+            sampled = self.decoder(repeated, 1.0, 'sample')[2]
+            recons = self.encoder(sampled).view(k, len(acts), -1)
+            own, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, *recons)
+            kls = torch.stack([kl_div(own, patch_logits) for patch_logits in logits])  # [k, B]
+            advantage = (kls.mean(0) - kls) / (kls.std(0) + 1e-6)
+        forced = self.decoder.teacher_forced_logits(repeated, sampled).float()
+        log_prob = forced.log_softmax(-1).gather(-1, sampled[..., None])[..., 0].sum(-1).view(k, len(acts))
+        return -(advantage * log_prob).mean(), kls.mean()
 
     @torch.no_grad()
     def explain(self, acts, mode='greedy', tau=1.0):

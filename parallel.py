@@ -78,3 +78,16 @@ def load_states(lens, optimizer, checkpoint, fsdp):
     else:
         lens.load_state_dict(checkpoint['lens'])
         optimizer.load_state_dict(checkpoint['optimizer'])
+
+
+def replica_drift(lens):
+    """The largest difference between a replicated trainable parameter and rank 0's copy of it, one parameter at a
+    time (FSDP's shards have no replicas to drift from): 0 when DDP kept the ranks in step."""
+    drift = torch.zeros((), device=next(lens.parameters()).device)
+    for p in lens.parameters():
+        if p.requires_grad and not isinstance(p, DTensor):
+            reference = p.detach().clone()
+            torch.distributed.broadcast(reference, 0)
+            drift = torch.maximum(drift, (p.detach() - reference).abs().max())
+    torch.distributed.all_reduce(drift, op=torch.distributed.ReduceOp.MAX)
+    return drift.item()

@@ -21,7 +21,6 @@ from dataclasses import asdict, fields
 
 import numpy as np
 import torch
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from checkpoint import checkpoint_to_resume, model_signature, open_log, save_checkpoint, save_latest, save_lens_folder
@@ -30,7 +29,7 @@ from dump import Shards, TokenWindows, batch_indices, read_tokens, start_ranks
 from baselines import periodic_eval
 from lens import Lens, LensConfig
 from model import check_layer, load_model, pick_dtype, use_tf32
-from parallel import full_states, load_states, make_optimizer, rebuilt_optimizer, unfreeze, wrap
+from parallel import full_states, load_states, make_optimizer, rebuilt_optimizer, replica_drift, unfreeze, wrap
 
 # -----------------------------------------------------------------------------
 # data and model (shared with dump.py and eval.py)
@@ -74,6 +73,9 @@ w_current_token = 0.3  # the decoder's cross-entropy for the token at p in its w
 warm_start_weight = 1.0  # the decoder's cross-entropy for writing real tokens (and the encoder's KL reading them),
 warm_start_iters = 1000  # decayed linearly to 0 over these iterations (at half weight when the 500 end): a per-sample signal
 warm_start_target = 'previous'  # the real tokens it writes and reads: 'previous' (ending at p), 'current' (from p), 'next' (after p)
+w_pg = 0.0  # from iteration pg_from, the policy gradient of the KL over pg_k explanations sampled per sample
+pg_k = 8  # (lens.policy_gradient): it scores the exact words the encoder reads, at pg_k more reads per sample
+pg_from = 300
 resample_ablation = False  # patch Â + (A' - Â') with A' another sample of the batch
 tau_start = 1.0  # Gumbel-softmax temperature: held for tau_hold_iters, then decays to tau_end
 tau_end = 0.1
@@ -138,6 +140,8 @@ if lr_schedule not in LR_SCHEDULES:
 if dtype == 'int8' and unfreeze_at >= 0:
     raise SystemExit(f"unfreeze_at={unfreeze_at} trains copies of the LM, which an int8 LM cannot give: "
                      f"use dtype='bfloat16' to unfreeze, or unfreeze_at=-1")
+if w_pg and pg_k < 2:
+    raise SystemExit(f"pg_k={pg_k}: the policy gradient's baseline is the mean KL of a group of samples: use pg_k >= 2, e.g. 8")
 if grad_checkpointing and unfreeze_at < 0:
     raise SystemExit("grad_checkpointing=True recomputes the activations of the unfrozen LM copies, and with "
                      "unfreeze_at=-1 there are none (the frozen LM stores no weight gradients): set unfreeze_at, "
@@ -312,7 +316,7 @@ def train_step(it):
     non-finite loss, a stop requested] of any rank; a non-finite step is not applied."""
     w_warm = get_w_warm(it)
     weights = dict(kl=w_kl, lm=get_alpha(it) * w_lm, entropy=-get_w_entropy(it), mse=w_mse, warm=w_warm, kl_real_text=w_warm,
-                   current_token=w_current_token)
+                   current_token=w_current_token, pg=w_pg if it >= pg_from else 0.0)
     for group in optimizer.param_groups:
         group['lr'] = get_lr(it) * group['lr_mult']
     parts = {}
@@ -322,7 +326,7 @@ def train_step(it):
         if isinstance(lens, DDP):
             lens.require_backward_grad_sync = micro_step == gradient_accumulation_steps - 1
         out = lens(acts, tokens, pos, tau=get_tau(it), terms=[k for k, w in weights.items() if w],
-                   warm_target=warm_start_target, resample=resample_ablation)
+                   warm_target=warm_start_target, resample=resample_ablation, pg_k=pg_k)
         out['loss'] = sum(w * out[k] for k, w in weights.items() if w)
         (out['loss'] / gradient_accumulation_steps).backward()
         parts = {k: parts.get(k, 0) + v.detach() / gradient_accumulation_steps for k, v in out.items()}
@@ -414,7 +418,7 @@ if __name__ == '__main__':  # bench.py runs the setup above to time train_step, 
             parts = {k: v.item() for k, v in parts.items()}
             step_time = np.mean(step_times[-log_interval:])
             lr, tau, alpha = get_lr(iter_num - 1), get_tau(iter_num - 1), get_alpha(iter_num - 1)
-            optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text', 'current_token') if k in parts)
+            optional = ''.join(f"{k} {parts[k]:.4f} " for k in ('lm', 'warm', 'kl_real_text', 'current_token', 'pg', 'pg_kl') if k in parts)
             memory = torch.tensor(peak_memory_mib(), device=device)
             if ddp:
                 torch.distributed.all_reduce(memory, op=torch.distributed.ReduceOp.MAX)
@@ -435,15 +439,8 @@ if __name__ == '__main__':  # bench.py runs the setup above to time train_step, 
             break
 
     print0(f"done: {run_name}, best val KL {best_val_kl:.4f}, checkpoints in {run_dir} ({time.time() - t0:.0f}s)")
-    if ddp:  # a lens whose ranks drifted apart would be a silent bug: check the replicated parameters still agree,
-        drift = torch.zeros((), device=device)  # one at a time (FSDP's shards have no replicas to drift from)
-        for p in raw_lens.parameters():
-            if p.requires_grad and not isinstance(p, DTensor):
-                reference = p.detach().clone()
-                torch.distributed.broadcast(reference, 0)
-                drift = torch.maximum(drift, (p.detach() - reference).abs().max())
-        torch.distributed.all_reduce(drift, op=torch.distributed.ReduceOp.MAX)
-        print0(f"max parameter difference across {world} ranks: {drift.item():.3g}")
+    if ddp:  # a lens whose ranks drifted apart would be a silent bug
+        print0(f"max parameter difference across {world} ranks: {replica_drift(raw_lens):.3g}")
         del lens  # DDP's reducer must go before its process group, or a rank can abort at exit
         gc.collect()
         torch.distributed.destroy_process_group()

@@ -381,6 +381,44 @@ def test_the_current_token_loss_teaches_the_decoder_to_name_the_token_at_p(warm_
     assert named() >= 0.75
 
 
+def test_policy_gradient_equals_reinforce_on_the_sampled_words_with_the_groups_baseline():
+    """The loss from the same k samples (same seed), scored naively: each read by the encoder alone, its KL at p,
+    the advantage standardised within the sample's group, its log-probability from the sampling pass's own logits."""
+    lm, tokenizer = load_model('tiny-llama')
+    acts, tokens, pos = batch(lm, B=4)
+    lens = Lens(LensConfig(layer=LAYER, t_text=3), lm, tokenizer)
+    lens.stats.set(acts)
+    torch.manual_seed(0)
+    loss_pg, mean_kl = lens.policy_gradient(acts, tokens, pos, k=5)
+    torch.manual_seed(0)
+    _, logits, sampled = lens.decoder(acts.repeat(5, 1), 1.0, 'sample')
+    log_prob = logits.float().log_softmax(-1).gather(-1, sampled[..., None]).sum((1, 2)).view(5, 4)
+    with torch.no_grad():
+        kls = torch.stack([kl_div(*next_token_logits(lm, LAYER, tokens, pos, lens.encoder(ids))) for ids in sampled.view(5, 4, 3)])
+    advantage = torch.stack([(kls[:, b].mean() - kls[:, b]) / kls[:, b].std() for b in range(4)], 1)
+    assert kls.std(0).min() > 1e-3, 'the samples of a group should differ in KL'
+    torch.testing.assert_close(mean_kl, kls.mean())
+    torch.testing.assert_close(loss_pg, -(advantage * log_prob).mean(), rtol=1e-4, atol=1e-5)
+
+
+def test_policy_gradient_alone_lowers_the_kl_of_the_sampled_words():
+    """w_pg alone (no KL, no warm start): 40 steps on a fixed batch lower the mean KL at p of the decoder's samples."""
+    torch.manual_seed(0)
+    lm, tokenizer = load_model('tiny-llama')
+    acts, tokens, pos = batch(lm, B=8)
+    lens = Lens(LensConfig(layer=LAYER, t_text=2), lm, tokenizer)
+    lens.stats.set(acts)
+    optimizer = torch.optim.AdamW(lens.decoder.parameters(), lr=3e-2, weight_decay=0.0)
+    kls = []
+    for _ in range(40):
+        loss_pg, mean_kl = lens.policy_gradient(acts, tokens, pos, k=8)
+        optimizer.zero_grad()
+        loss_pg.backward()
+        optimizer.step()
+        kls.append(mean_kl.item())
+    assert sum(kls[-5:]) / 5 < 0.8 * sum(kls[:5]) / 5, kls
+
+
 def test_real_tokens_by_value():
     from lens import real_tokens
     tokens, pos = torch.arange(10)[None].expand(2, -1) + 100, torch.tensor([1, 8])

@@ -104,7 +104,8 @@ def test_log_jsonl_of_a_run_killed_and_resumed_equals_an_uninterrupted_runs(shar
             [want[k] for k in want if k not in TIMING + ('split',)], rel=1e-4, abs=1e-6)
 
 
-UNFREEZING = dict(max_iters=4, unfreeze_at=2, ckpt_interval=3, keep_last=2)  # ckpt_3.pt: a step after unfreezing
+UNFREEZING = dict(max_iters=4, unfreeze_at=2, ckpt_interval=3, keep_last=2,  # ckpt_3.pt: a step after unfreezing,
+                  w_pg=1.0, pg_k=2, pg_from=3)  # where the policy gradient's samples follow the sample, not the rank
 
 
 def torchrun(out, **settings):
@@ -302,6 +303,7 @@ def test_training_from_tokens_equals_training_from_the_dump(shards, tmp_path):
     (dict(fsdp=True), "fsdp=True shards the LM copies over the ranks of torchrun"),
     (dict(fsdp=True, unfreeze_at=0, lora_rank=2), "drop fsdp (DDP), or set lora_rank=0"),
     (dict(lora_rank=2), "lora_rank=2 sets what the unfrozen LM copies train, and unfreeze_at=-1 makes none"),
+    (dict(w_pg=1.0, pg_k=1), "pg_k=1: the policy gradient's baseline is the mean KL of a group of samples"),
     (dict(downstream_positions=0), "downstream_positions=0: the periodic eval's KL after p needs 1 to ctx - 1 = 31"),
 ])
 def test_user_errors(shards, change, message):
