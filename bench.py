@@ -92,6 +92,9 @@ def run_train():
     sys.argv[0] = 'train.py'
     train = runpy.run_path('train.py', run_name='bench')['train_step'].__globals__  # the namespace train_step runs in
     step, on_cuda, raw_lens = train['train_step'], train['device'].startswith('cuda'), train['raw_lens']
+    if compare_naive and train['w_pg']:
+        raise SystemExit("compare_naive=True checks the KL, warm start and fluency terms against tests/naive_lens.py, which "
+                         "has no policy gradient: drop --w_pg, or compare_naive")
 
     def timed(it):
         train['unfreeze_when_due'](it)  # as train.py's loop does before the step (unfreeze_at=0: the first)
@@ -111,7 +114,7 @@ def run_train():
             from tests.naive_lens import naive_forward
             before = copy.deepcopy((raw_lens.state_dict(), train['optimizer'].state_dict()))
             fast = train['lens']
-            train['lens'] = lambda *args, resample=False, **kwargs: naive_forward(raw_lens, *args, **kwargs)
+            train['lens'] = lambda *args, resample=False, pg_k=0, **kwargs: naive_forward(raw_lens, *args, **kwargs)
             naive_time, naive = timed(it)
             train['lens'] = fast
             raw_lens.load_state_dict(before[0])

@@ -32,6 +32,17 @@ def test_compare_naive_losses_agree_on_train_pys_step(shards):
     assert re.fullmatch(r'speedup_vs_naive: \d+\.\d\d', lines[-1])
 
 
+def test_compare_naive_with_the_policy_gradient_names_the_fix(shards):
+    proc = run_inline('bench.py', *TRAIN, f'--out_dir={shards}', '--compare_naive=True', '--w_pg=1')
+    assert proc.returncode != 0 and 'has no policy gradient: drop --w_pg' in proc.stderr, proc.stderr[-800:]
+
+
+def test_bench_times_the_policy_gradients_step(shards):
+    """--w_pg with pg_from=0: the timed steps run the policy gradient, and the time split shows its pass."""
+    proc = run_script('bench.py', *TRAIN, f'--out_dir={shards}', '--w_pg=1', '--pg_k=2', '--pg_from=0')
+    assert re.search(r'^  policy_gradient +\d+ ms', proc.stdout, re.M), proc.stdout[-2000:]
+
+
 def test_dump_early_exit_equals_full_forward():
     proc = run_script('bench.py', *TINY, '--batch_size=2', '--bench=dump')
     assert float(re.search(r'max \|A early - A full\|: (\S+)', proc.stdout).group(1)) < 1e-5
