@@ -362,8 +362,8 @@ class Lens(nn.Module):
                            'current': from p, 'next': after p), and 'kl_real_text', the KL of the encoder reading them
           'current_token'  the decoder's cross-entropy for the token at p in the word where warm_target puts it
                            (the first for 'current', the last for 'previous')
-          'pg'             the policy gradient of the KL over pg_k sampled explanations per sample (policy_gradient),
-                           and 'pg_kl', the samples' mean KL at p
+          'pg'             the policy gradient of the KL over pg_k explanations sampled per activation, read by the
+                           encoder and patched in the KL's own pass (policy_gradient), and 'pg_kl', their mean KL at p
         resample: patch Â + (A' - Â') with A' another sample of the batch, so the KL measures whether the
         reconstruction error carried over from another context still preserves A's function. 'fve' and 'cos'
         come along as metrics."""
@@ -374,10 +374,15 @@ class Lens(nn.Module):
             if 'warm' in terms:
                 targets, complete = real_tokens(tokens, pos, self.cfg.t_text, warm_target)
                 recon_real = self.encoder(targets.clamp(min=0))
-        with record_function('lens.kl'):
+        if 'pg' in terms:
+            with record_function('lens.policy_gradient'), torch.no_grad():
+                sampled = self.decoder(acts.repeat(pg_k, 1), 1.0, 'sample')[2]
+                recons_sampled = self.encoder(sampled).view(pg_k, len(acts), -1)
+        with record_function('lens.kl'):  # one prefix pass serves every patch
             patch = recon + (acts.roll(1, 0) - recon.roll(1, 0)) if resample else recon
             logits_a, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, patch,
-                                                  *([recon_real] if 'warm' in terms else []))
+                                                  *([recon_real] if 'warm' in terms else []),
+                                                  *(recons_sampled if 'pg' in terms else []))
         out = dict(kl=kl_div(logits_a, logits[0]).mean(), entropy=entropy(dec_logits).mean(),
                    mse=((recon - acts) / self.stats.scale).pow(2).mean())
         if 'current_token' in terms:  # the decoder's logits are already computed: no extra pass
@@ -395,27 +400,25 @@ class Lens(nn.Module):
             # rows that run past the window are padded: the encoder learns only from complete ones
             out['kl_real_text'] = (kl_div(logits_a, logits[1]) * complete).sum() / complete.sum().clamp(min=1)
         if 'pg' in terms:
+            kls = torch.stack([kl_div(logits_a, patch_logits) for patch_logits in logits[-pg_k:]]).detach()  # [k, B]
             with record_function('lens.policy_gradient'):
-                out['pg'], out['pg_kl'] = self.policy_gradient(acts, tokens, pos, pg_k)
+                out['pg'] = self.policy_gradient(acts, sampled, kls)
+            out['pg_kl'] = kls.mean()
         return out | dict(fve=fve(recon.detach(), acts), cos=cosine(recon.detach(), acts).mean())
 
-    def policy_gradient(self, acts, tokens, pos, k):
+    def policy_gradient(self, acts, sampled, kls):
         """REINFORCE with reward -KL and a group baseline (as GRPO, without clipping): per activation the decoder
-        samples k explanations (temperature 1), the encoder reads each and its KL at p is measured, without gradient;
-        the loss is -(advantage x the sample's log-probability under the decoder), the advantage being how far the
-        sample's KL lies below its group's mean, in units of the group's standard deviation. The Gumbel KL trains
-        the words through a relaxed gradient; this scores the exact words the encoder reads, and every sample
-        teaches: better than its group's mean pulled up, worse pushed down. Returns (loss, the samples' mean KL)."""
-        repeated = acts.repeat(k, 1)
-        with torch.no_grad():
-            sampled = self.decoder(repeated, 1.0, 'sample')[2]
-            recons = self.encoder(sampled).view(k, len(acts), -1)
-            own, *logits = next_token_logits(self.lm, self.cfg.layer, tokens, pos, *recons)
-            kls = torch.stack([kl_div(own, patch_logits) for patch_logits in logits])  # [k, B]
-            advantage = (kls.mean(0) - kls) / (kls.std(0) + 1e-6)
-        forced = self.decoder.teacher_forced_logits(repeated, sampled).float()
-        log_prob = forced.log_softmax(-1).gather(-1, sampled[..., None])[..., 0].sum(-1).view(k, len(acts))
-        return -(advantage * log_prob).mean(), kls.mean()
+        sampled k explanations (temperature 1; `sampled` [k B, T], the k groups stacked as acts.repeat(k, 1) stacks
+        them), the encoder read each, and `kls` [k, B] are their KLs at p. The loss is -(advantage x the sample's
+        log-probability under the decoder), the advantage being how far the sample's KL lies below its group's mean,
+        in units of the group's standard deviation. The Gumbel KL trains the words through a relaxed gradient; this
+        scores the exact words the encoder reads, and every sample teaches: better than its group's mean pulled up,
+        worse pushed down."""
+        k, B = kls.shape
+        advantage = (kls.mean(0) - kls) / (kls.std(0) + 1e-6)
+        forced = self.decoder.teacher_forced_logits(acts.repeat(k, 1), sampled).float()
+        log_prob = forced.log_softmax(-1).gather(-1, sampled[..., None])[..., 0].sum(-1).view(k, B)
+        return -(advantage * log_prob).mean()
 
     @torch.no_grad()
     def explain(self, acts, mode='greedy', tau=1.0):
