@@ -6,8 +6,8 @@ torchrun with DDP:
     $ python train.py config/gpt2_frozen.py --batch_size=32 --compile=False
     $ torchrun --standalone --nproc_per_node=8 train.py config/gpt2_frozen.py
 
-The batch stream, Gumbel noise and schedules are pure functions of (seed, rank, iteration), so a run
-resumed with init_from='resume' continues exactly as if it had never stopped.
+The low-rank updates' start, the batch stream, Gumbel noise and schedules are pure functions of (seed, rank,
+iteration): two runs of one seed are one run, and one resumed with init_from='resume' continues exactly.
 """
 import gc
 import json
@@ -303,6 +303,7 @@ def unfreeze_when_due(it):
     global lens, optimizer
     if it == unfreeze_at and raw_lens.decoder.lm_copy is None:
         params_before = dict(raw_lens.named_parameters())
+        torch.manual_seed(seed)  # the low-rank updates' random start: torch seeds itself from the OS at import
         unfreeze(raw_lens, grad_checkpointing, fsdp, dtype)
         optimizer = rebuilt_optimizer(raw_lens, optimizer, params_before, *optimizer_settings)
         lens = wrap(raw_lens, lm, compile, device)

@@ -216,6 +216,17 @@ def test_low_rank_copies_resume_exactly_and_their_lens_holds_only_the_updates(sh
     assert 'iteration 4' in measured and 'KL mean' in measured
 
 
+def test_two_runs_of_one_seed_are_equal_from_their_low_rank_start(shards):
+    """torch seeds itself from the OS: the low-rank updates' random start must come from the seed."""
+    lora = dict(max_iters=2, unfreeze_at=0, lora_rank=2)
+    for name, seed in (('seed_a', 1337), ('seed_b', 1337), ('seed_c', 7)):
+        train(shards, name, **lora, seed=seed)
+    first, second, other = (final_params(shards, name) for name in ('seed_a', 'seed_b', 'seed_c'))
+    downs = [k for k in first if k.endswith('.down')]
+    assert downs and all(torch.equal(first[k], second[k]) for k in first)
+    assert not any(torch.equal(first[k], other[k]) for k in downs)
+
+
 def test_schedules_by_value(shards):
     log = train(shards, 'schedules', max_iters=12, log_interval=1, warmup_iters=2, learning_rate=1e-3, min_lr=1e-4,
                 tau_hold_iters=3, tau_decay_iters=6, tau_start=1.0, tau_end=0.2, alpha_warmup_iters=4).stdout
