@@ -133,6 +133,14 @@ def test_the_model_baselines_read_its_own_top_tokens_and_continuation_after_the_
     assert not torch.allclose(patches['text_current_and_top_tokens'], patches['text_top_tokens'])
 
 
+def test_best_of_k_picks_each_samples_lowest_score_among_its_first_k():
+    from eval import best_of_k_kl
+    kls = torch.tensor([[1.0, 4.0], [2.0, 3.0], [0.5, 9.0]])  # [K=3 explanations, n=2 samples]
+    errors = torch.tensor([[5.0, 2.0], [1.0, 1.0], [9.0, 0.0]])
+    assert best_of_k_kl(kls, kls, 2) == pytest.approx((1.0 + 3.0) / 2) and best_of_k_kl(kls, kls, 3) == pytest.approx((0.5 + 3.0) / 2)
+    assert best_of_k_kl(kls, errors, 2) == pytest.approx((2.0 + 3.0) / 2) and best_of_k_kl(kls, errors, 3) == pytest.approx((2.0 + 9.0) / 2)
+
+
 def test_results_json_holds_every_metric_and_baseline(run):
     assert 'checkpoint: ' in run['shards'] and 'r1/best.pt' in run['shards']  # found the only run by itself
     assert 'the val split has 200 samples: measuring all 200' in run['shards']
@@ -151,7 +159,9 @@ def test_results_json_holds_every_metric_and_baseline(run):
     assert m['fve_mean'] == pytest.approx(0.0, abs=0.05)  # the train mean on val data
     assert len(results['explanations']) == len(results['kl_lens_per_sample']) == 200
     assert m['explanations_unique'] == len(set(results['explanations'])) / 200  # over every sample, not the report's
-    assert set(m['kl_best_of_k']) == {'1', '2', '3'}  # 1, 2 and best_of_k itself
+    assert set(m['kl_best_of_k']) == set(m['kl_best_of_k_by_reconstruction']) == {'1', '2', '3'}  # 1, 2 and best_of_k itself
+    assert m['kl_best_of_k']['1'] == m['kl_best_of_k_by_reconstruction']['1']
+    assert all(m['kl_best_of_k'][k] <= m['kl_best_of_k_by_reconstruction'][k] for k in ('2', '3'))  # the oracle bounds it
     readings = {name: m[f'kl_{name}'] for name in ('text_prev_tokens', 'text_prev_tokens_frozen')}
     assert m['control'] == min(readings, key=readings.get) and m['kl_control'] == min(readings.values())
     assert m['kl_downstream_control'] == min(m['kl_downstream_text_prev_tokens'], m['kl_downstream_text_prev_tokens_frozen'])
