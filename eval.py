@@ -74,6 +74,7 @@ ckpt = ''  # a checkpoint path; '' means best.pt (else ckpt.pt) of run_name
 lens = ''  # ... or a lens folder (config.json + lens.safetensors, <run dir>/lens): needs no checkpoint or run
 eval_batch_size = 32
 best_of_k = 4  # sampled explanations per activation; the curve reports K = 1, 2, 4, ... best_of_k
+pick_k = 1  # the lens's words: 1, greedy; K > 1, the one of K sampled whose Â lies nearest A (reads A alone, not the KL)
 report_samples = 40  # samples shown in report.html
 text = None  # explain every token of this text instead of measuring the val shards
 text_file = None  # ... or of this file's text
@@ -143,19 +144,20 @@ def best_of_k_kl(kls, scores, k):
     return kls[:k].gather(0, scores[:k].argmin(0, keepdim=True)).mean().item()
 
 
-def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_positions):
+def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_positions, pick_k=1):
     """The protocol on val samples (acts [n, d], their windows tokens [n, ctx] and positions pos [n]).
     Returns (metrics, per-method summaries, per-sample KLs at p {method: [n]}, the explanations, the LM's own
     continuations, the logits
     at p with A and with Â)."""
     n, t0 = len(acts), time.time()  # progress lines: on a CPU every KL pass is minutes for a real model
-    explanations, ids, recon = explain_all(lens, acts, batch_size)
+    explanations, ids, recon = explain_all(lens, acts, batch_size, pick_k=pick_k)
     continued = model_continuation(lm, tokens, pos, lens.cfg.t_text, batch_size)
     baselines, continuation = baseline_patches(lens, lm, acts, tokens, pos, ids, recon, batch_size, continued=continued), continued[0]
     patches = dict(lens=recon, **baselines)
     # best of K: the K sampled explanations of a batch in one decoder pass, and their KLs in the pass below
     sampled = explain_all(lens, acts.repeat(best_of_k, 1), batch_size * best_of_k, 'sample')[2].view(best_of_k, n, -1)
-    print(f"explained {n} val samples (greedy, and {best_of_k} sampled for the best of K), read the baselines' "
+    words = 'greedy' if pick_k == 1 else f'the nearest A of {pick_k} sampled'
+    print(f"explained {n} val samples ({words}, and {best_of_k} sampled for the best of K), read the baselines' "
           f"text ({time.time() - t0:.0f}s)", flush=True)
     kls, logits_a, logits_recon = patched_kls(lm, lens.cfg.layer, tokens, pos, patches | {f'sampled_{k}': x for k, x in
                                               enumerate(sampled)}, batch_size, after=downstream_positions)
@@ -203,7 +205,7 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
     return metrics, methods, {name: kls_at_p[name] for name in patches}, explanations, continuation, logits_a, logits_recon
 
 
-def explain_text(lens, lm, tokenizer, model_name, text, positions, edit, batch_size):
+def explain_text(lens, lm, tokenizer, model_name, text, positions, edit, batch_size, pick_k=1):
     """Every token of `text` explained (or those at `positions`; with an edit, the last unless positions):
     ({p: dict(kl, explanation, top=(top-3 with A, with Â[, with the edit])[, kl_edit])}, the tokens' pieces)."""
     ids = tokenizer.encode(text)
@@ -221,7 +223,7 @@ def explain_text(lens, lm, tokenizer, model_name, text, positions, edit, batch_s
     tokens = torch.tensor(ids, device=device)[None].expand(len(chosen), -1)
     pos = torch.tensor(chosen, device=device)
     acts = batched(lambda t, p: read_activations(lm, layer, t, p).float(), batch_size, tokens, pos)
-    explanations, _, recon = explain_all(lens, acts, batch_size)
+    explanations, _, recon = explain_all(lens, acts, batch_size, pick_k=pick_k)
     kls, logits_a, logits_recon = patched_kls(lm, layer, tokens, pos, dict(lens=recon), batch_size)
     tops = top_pairs(tokenizer, logits_a, logits_recon)
     items = {p: dict(kl=k, explanation=e, top=t) for p, k, e, t in zip(chosen, kls['lens'].tolist(), explanations, tops)}
@@ -351,13 +353,18 @@ if __name__ == '__main__':
             raise SystemExit(f"downstream_positions={downstream_positions}: the KL after p needs 1 to ctx - 1 = "
                              f"{window_length - 1} positions of the {window_length}-token windows, pass e.g. --downstream_positions=4")
 
+    if pick_k < 1:
+        raise SystemExit(f"pick_k={pick_k}: the lens's words are greedy (1) or the one nearest A of K >= 2 sampled, pass --pick_k=1")
+
     lm, tokenizer = load_model(model, device, trust_remote_code, dtype)
     trained = load_lens(checkpoint, lm, tokenizer, model).eval()
     note = f"{ckpt_path}, iteration {checkpoint['iter_num']}, {model} block {layer}"
     torch.manual_seed(seed)
+    if pick_k > 1:
+        note += f", words: the one of {pick_k} sampled whose reconstruction lies nearest A"
     if text_mode:  # explain a text: every token, or the chosen positions
         items, pieces = explain_text(trained, lm, tokenizer, model, str(text), positions, None if edit is None else str(edit),
-                                     eval_batch_size)
+                                     eval_batch_size, pick_k)
         summary = print_text(items, pieces)
         text_report(os.path.join(run_dir, 'report_text.html'), note, items, pieces, summary, None if edit is None else str(edit))
     else:  # measure on the val samples
@@ -366,9 +373,10 @@ if __name__ == '__main__':
                                     windows['min_pos'], windows['seed'], eval_batch_size)
         acts, tokens, pos = (t.to(device) for t in val_data.get(np.arange(n)))
         metrics, methods, kls_at_p, explanations, continuation, logits_a, logits_recon = measure(
-            trained, lm, acts, tokens, pos, eval_batch_size, best_of_k, downstream_positions)
+            trained, lm, acts, tokens, pos, eval_batch_size, best_of_k, downstream_positions, pick_k)
         table, extra = results_table(methods), extra_lines(metrics, trained.cfg.t_text)
-        print(f"\n{n} val samples, {model} block {layer}, iteration {checkpoint['iter_num']}")
+        print(f"\n{n} val samples, {model} block {layer}, iteration {checkpoint['iter_num']}" +
+              (f", the lens's words picked from {pick_k} sampled by their reconstruction of A" if pick_k > 1 else ''))
         print_results(table, extra)
         kl_lens = kls_at_p['lens']
         for b in range(min(num_print_samples, n)):

@@ -312,10 +312,20 @@ def patched_kls(lm, layer, tokens, pos, patches, batch_size, after=0):
 
 
 @torch.no_grad()
-def explain_all(lens, acts, batch_size, mode='greedy'):
-    """(explanations, ids [n, t_text], Â [n, d]) of every activation, batch_size at a time."""
-    parts = [lens.explain(acts[i:i + batch_size], mode) for i in range(0, len(acts), batch_size)]
+def explain_all(lens, acts, batch_size, mode='greedy', pick_k=1):
+    """(explanations, ids [n, t_text], Â [n, d]) of every activation, batch_size at a time. pick_k > 1: each A's
+    explanation is the one of pick_k sampled whose Â lies nearest A (the original's best of K: it reads A alone)."""
+    explain = (lambda a: lens.explain(a, mode)) if pick_k == 1 else (lambda a: nearest_of_sampled(lens, a, pick_k))
+    parts = [explain(acts[i:i + batch_size]) for i in range(0, len(acts), batch_size)]
     return sum((p[0] for p in parts), []), torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]).float()
+
+
+def nearest_of_sampled(lens, acts, k):
+    texts, ids, recon = lens.explain(acts.repeat(k, 1), 'sample')
+    B = len(acts)
+    errors = (recon.float() - acts.float().repeat(k, 1)).pow(2).sum(-1).view(k, B)
+    rows = errors.argmin(0) * B + torch.arange(B, device=acts.device)
+    return [texts[i] for i in rows.tolist()], ids[rows], recon[rows]
 
 
 class Lens(nn.Module):

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -221,6 +222,7 @@ def test_text_report_holds_every_token_and_explanation_escaped(run):
     (['--text_file=/no/such/file.txt'], 'not found'),
     (['--edit= the ball'], 'an edit replaces the explanation of a token of a text'),
     (['--downstream_positions=32'], 'downstream_positions=32: the KL after p needs 1 to ctx - 1 = 31 positions'),
+    (['--pick_k=0'], "pick_k=0: the lens's words are greedy (1) or the one nearest A of K >= 2 sampled"),
 ])
 def test_errors_name_cause_and_fix(run, args, message):
     proc = run_inline('eval.py', *run['common'], *args)
@@ -259,6 +261,27 @@ def test_a_lens_folder_explains_and_measures_as_its_checkpoint(run, shared):
     proc = run_inline('eval.py', *run['common'], f'--lens={shared}', '--layer=1')
     assert proc.returncode == 1 and "explains block 2, but this run has layer=1" in proc.stderr
     assert 'or pass another --lens' in proc.stderr
+
+
+def test_picked_words_are_each_activations_nearest_of_its_samples_and_eval_measures_them(run, shared, tmp_path):
+    from lens import explain_all
+    lm, tokenizer = load_model('tiny-gpt2')
+    lens = load_lens(load_checkpoint(str(shared)), lm, tokenizer, 'tiny-gpt2').eval()
+    acts = torch.load(run['run_dir'] / 'best.pt', weights_only=True)['lens']['stats.mean'] + torch.randn(5, 64)
+    torch.manual_seed(0)
+    texts, ids, recon = explain_all(lens, acts, 8, pick_k=4)
+    torch.manual_seed(0)  # the same draws, one explanation per row of A repeated 4 times
+    all_texts, all_ids, all_recon = lens.explain(acts.repeat(4, 1), 'sample')
+    errors = (all_recon.float() - acts.repeat(4, 1)).pow(2).sum(-1).view(4, 5)
+    for b, k in enumerate(errors.argmin(0).tolist()):
+        assert texts[b] == all_texts[k * 5 + b] and torch.equal(ids[b], all_ids[k * 5 + b])
+    assert len(set(errors.argmin(0).tolist())) > 1  # not always the same draw
+    folder = shutil.copytree(shared, tmp_path / 'lens')  # eval.py writes its results beside the lens
+    no_model = [c for c in run['common'] if not c.startswith(('--model', '--layer'))]
+    picked = run_script('eval.py', *no_model, f'--lens={folder}', '--eval_samples=50', '--best_of_k=2', '--pick_k=4').stdout
+    assert "the lens's words picked from 4 sampled by their reconstruction of A" in picked
+    results = json.load(open(folder / 'results.json'))
+    assert results['config']['pick_k'] == 4 and results['num_samples'] == 50
 
 
 @pytest.mark.parametrize('name, shape, differs', [
