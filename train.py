@@ -303,7 +303,7 @@ def unfreeze_when_due(it):
     global lens, optimizer
     if it == unfreeze_at and raw_lens.decoder.lm_copy is None:
         params_before = dict(raw_lens.named_parameters())
-        torch.manual_seed(seed)  # the low-rank updates' random start: torch seeds itself from the OS at import
+        torch.manual_seed(seed)  # the low-rank updates' random start: torch starts from another seed in every process
         unfreeze(raw_lens, grad_checkpointing, fsdp, dtype)
         optimizer = rebuilt_optimizer(raw_lens, optimizer, params_before, *optimizer_settings)
         lens = wrap(raw_lens, lm, compile, device)

@@ -217,7 +217,7 @@ def test_low_rank_copies_resume_exactly_and_their_lens_holds_only_the_updates(sh
 
 
 def test_two_runs_of_one_seed_are_equal_from_their_low_rank_start(shards):
-    """torch seeds itself from the OS: the low-rank updates' random start must come from the seed."""
+    """torch starts from another seed in every process: the low-rank updates' random start must come from the seed."""
     lora = dict(max_iters=2, unfreeze_at=0, lora_rank=2)
     for name, seed in (('seed_a', 1337), ('seed_b', 1337), ('seed_c', 7)):
         train(shards, name, **lora, seed=seed)
