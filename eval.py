@@ -154,16 +154,17 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
     continued = model_continuation(lm, tokens, pos, lens.cfg.t_text, batch_size)
     baselines, continuation = baseline_patches(lens, lm, acts, tokens, pos, ids, recon, batch_size, continued=continued), continued[0]
     patches = dict(lens=recon, **baselines)
-    # best of K: the K sampled explanations of a batch in one decoder pass, and their KLs in the pass below
+    # best of K: the K sampled explanations of a batch in one decoder pass, and their KLs at p alone: a pass at
+    # p..p+4 would hold K x 5 logits per sample, more than a large K fits in memory
     sampled = explain_all(lens, acts.repeat(best_of_k, 1), batch_size * best_of_k, 'sample')[2].view(best_of_k, n, -1)
     words = 'greedy' if pick_k == 1 else f'the nearest A of {pick_k} sampled'
     print(f"explained {n} val samples ({words}, and {best_of_k} sampled for the best of K), read the baselines' "
           f"text ({time.time() - t0:.0f}s)", flush=True)
-    kls, logits_a, logits_recon = patched_kls(lm, lens.cfg.layer, tokens, pos, patches | {f'sampled_{k}': x for k, x in
-                                              enumerate(sampled)}, batch_size, after=downstream_positions)
+    kls, logits_a, logits_recon = patched_kls(lm, lens.cfg.layer, tokens, pos, patches, batch_size, after=downstream_positions)
+    sampled_kls = torch.stack(list(patched_kls(lm, lens.cfg.layer, tokens, pos, dict(enumerate(sampled)), batch_size)[0].values()))
     complete = pos + downstream_positions < tokens.shape[1]
     kls_at_p = {name: k[:, 0] for name, k in kls.items()}
-    print(f"KL at p..p+{downstream_positions} of the lens, {len(patches) - 1} baselines and {best_of_k} sampled "
+    print(f"KL at p..p+{downstream_positions} of the lens and {len(patches) - 1} baselines, at p of {best_of_k} sampled "
           f"explanations ({time.time() - t0:.0f}s)", flush=True)
     previous = real_text(tokens, pos, lens.cfg.t_text)[0]
     fluency = lambda rows: nll(lm, lens.natural_prefix, rows)
@@ -176,7 +177,6 @@ def measure(lens, lm, acts, tokens, pos, batch_size, best_of_k, downstream_posit
     for name in list(methods)[1:]:
         methods[name]['kl_recovered'] = kl_recovered(methods['lens']['kl'], methods[name]['kl'])
     metrics = {metric_name(name, k): v for name, m in methods.items() for k, v in m.items()}
-    sampled_kls = torch.stack([kls_at_p[f'sampled_{k}'] for k in range(best_of_k)])
     sampled_errors = (sampled.float() - acts.float()).pow(2).sum(-1)  # [K, n]: the original's pick, from A alone
     current = tokens.gather(1, pos[:, None])
     curve = sorted({2 ** i for i in range(best_of_k.bit_length())} | {best_of_k})
