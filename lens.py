@@ -321,9 +321,8 @@ def explain_all(lens, acts, batch_size, mode='greedy', pick_k=1):
 
 
 def nearest_of_sampled(lens, acts, k):
-    texts, ids, recon = lens.explain(acts.repeat(k, 1), 'sample')
-    B = len(acts)
-    errors = (recon.float() - acts.float().repeat(k, 1)).pow(2).sum(-1).view(k, B)
+    (texts, ids, recon), B = lens.explain(acts.repeat(k, 1), 'sample'), len(acts)
+    errors = (recon.float() - acts.float().repeat(k, 1)).pow(2).sum(-1).view(k, B)  # sample j of A b in row j * B + b
     rows = errors.argmin(0) * B + torch.arange(B, device=acts.device)
     return [texts[i] for i in rows.tolist()], ids[rows], recon[rows]
 
