@@ -71,6 +71,8 @@ if mode == 'contrastive':
     sys.exit()
 
 rule, steps, K, lr = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+if rule not in ('kl', 'cycle'):
+    raise SystemExit(f"rule {rule!r}: use kl or cycle")
 lens.encoder.requires_grad_(False)
 params = [p for p in decoder.parameters() if p.requires_grad]
 optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -87,10 +89,8 @@ for step in range(1, steps + 1):
             kls = patched_kls(lm, layer, t, p, dict(enumerate(read)), train_batch)[0]
             best = torch.stack([kls[i] for i in range(K + 1)]).argmin(0)
             inputs, targets = a, candidates[best, torch.arange(train_batch)]
-        elif rule == 'cycle':
-            inputs, targets = lens.encoder(sampled).to(a.dtype), sampled
         else:
-            raise SystemExit(f"rule {rule!r}: use kl or cycle")
+            inputs, targets = lens.encoder(sampled).to(a.dtype), sampled
     lens.train()
     loss = F.cross_entropy(decoder.teacher_forced_logits(inputs, targets).flatten(0, 1).float(), targets.flatten())
     optimizer.zero_grad()

@@ -43,14 +43,14 @@ kls = patched_kls(lm, layer, tokens, pos, {'greedy': greedy, **dict(enumerate(sa
 sampled_kls = torch.stack([kls[k] for k in range(K)])  # [K, n]
 print(f"{lens_path}: greedy {kls['greedy'].mean():.4f} ({time.time() - t0:.0f}s)", flush=True)
 
-fisher, draws = 0, 4
-for acts_train, tokens_train, pos_train in zip(*(x.split(batch_size) for x in Shards('out/austen', 'train').get(np.arange(512)))):
+fisher, draws, n_fisher = 0, 4, 512
+for acts_train, tokens_train, pos_train in zip(*(x.split(batch_size) for x in Shards('out/austen', 'train').get(np.arange(n_fisher)))):
     patch = acts_train.float().requires_grad_()
     log_p = next_token_logits(lm, layer, tokens_train, pos_train, patch.to(compute_dtype(lm)))[1].float().log_softmax(-1)
     drawn = torch.multinomial(log_p.exp(), draws, replacement=True)
     for j in range(draws):
         grad, = torch.autograd.grad(log_p.gather(1, drawn[:, j:j + 1]).sum(), patch, retain_graph=j < draws - 1)
-        fisher = fisher + grad.T @ grad / (512 * draws)
+        fisher = fisher + grad.T @ grad / (n_fisher * draws)
 
 eot = torch.full((n, 2), tokenizer.eot_id)
 with torch.no_grad():
