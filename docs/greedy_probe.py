@@ -5,10 +5,10 @@ is measured by the greedy words' KL at p (read by the lens's encoder, patched at
 - contrastive BETAS: decoding, no training. Each word is the argmax of log p(w | A, words so far) - beta x log p(w |
   the mean A, words so far), among the words the decoder gives at least 1% of its top word's probability: words
   specific to this A rather than the filler every A gets (beta 0 is greedy).
-- train RULE STEPS K LR LENS [T]: one side of the lens trains, AdamW at a constant rate, 16 train activations a step, and
-  the greedy words are measured every 50 steps; the lens is then saved in out/austen/greedy_probe_RULE, for eval.py's
-  --lens. The decoder alone (the encoder fixed), on the teacher-forced
-  cross-entropy of a target:
+- train RULE STEPS K LR LENS [T]: one side of the lens trains, AdamW at a constant rate, 16 train activations a
+  step, and the greedy words are measured every 50 steps; the lens is then saved in out/austen/greedy_probe_RULE, for
+  eval.py's --lens. The decoder alone (the encoder fixed), on the teacher-forced cross-entropy of a target or by the
+  policy gradient:
     kl     expert iteration: per A, the lowest KL at p of its greedy words and K samples at temperature T (default 1;
            the KL reads the context, which training may use);
     pg     no target: the policy gradient of the KL at p over K samples per A (lens.policy_gradient, train.py's
