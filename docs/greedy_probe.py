@@ -106,13 +106,14 @@ def loss_of(a, t, p):
     """The rule's loss on one batch of train activations a with their windows t and positions p."""
     with torch.no_grad():
         sampled = decoder(a.repeat(K, 1), temperature, 'sample')[2] if rule in ('kl', 'pg', 'cycle') else None
-        _, logits, greedy = decoder(a, 1.0, 'greedy')
+        _, logits, greedy = decoder(a, 1.0, 'greedy') if rule != 'cycle' else (None, None, None)
         if rule in ('kl', 'pg', 'edit'):  # the search: each candidate [N, B, T] read and patched in
-            if rule == 'edit':
+            if rule == 'kl':  # the target may be the greedy words themselves
+                candidates = torch.cat([greedy[None], sampled.view(K, train_batch, -1)])
+            elif rule == 'edit':
                 candidates = torch.cat([greedy[None], edits(greedy, logits)])
-            else:  # pg scores its samples only; kl's target may be the greedy words themselves
+            else:  # pg scores its samples only
                 candidates = sampled.view(K, train_batch, -1)
-                candidates = torch.cat([greedy[None], candidates]) if rule == 'kl' else candidates
             read = lens.encoder(candidates.flatten(0, 1)).view(len(candidates), train_batch, -1)
             kls = torch.stack(list(patched_kls(lm, layer, t, p, dict(enumerate(read)), train_batch)[0].values()))
         if rule == 'cycle':
