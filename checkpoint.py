@@ -80,6 +80,9 @@ def save_lens_folder(lens, folder, model, iter_num=None, train_config=None, stat
     with open(os.path.join(folder, 'config.json.tmp'), 'w') as f:
         json.dump(dict(model=model, **model_signature(lens.lm, model), unfrozen=lens.decoder.lm_copy is not None,
                        iter_num=iter_num, lens_config=asdict(lens.cfg), config=dict(train_config or {}, model=model)), f, indent=1)
+    # safetensors writes its files readable by their owner alone, whatever the umask: given the json's mode, a
+    # lens folder on a shared disk is as readable as any other file its user writes
+    shutil.copymode(os.path.join(folder, 'config.json.tmp'), os.path.join(folder, 'lens.safetensors.tmp'))
     for name in ('lens.safetensors', 'config.json'):  # renamed into place: a reader never sees half a file
         os.replace(os.path.join(folder, name + '.tmp'), os.path.join(folder, name))
 

@@ -329,6 +329,8 @@ def test_an_unfrozen_lens_is_shared_whole(tmp_path):
         for p in lens.parameters():
             p.add_(0.01 * torch.randn_like(p))
     save_lens_folder(lens, str(tmp_path / 'lens'), 'tiny-gpt2')
+    modes = {name: (tmp_path / 'lens' / name).stat().st_mode for name in ('config.json', 'lens.safetensors')}
+    assert modes['lens.safetensors'] == modes['config.json']  # readable by whoever may read the user's other files
     loaded = load_lens(load_checkpoint(str(tmp_path / 'lens')), lm, tokenizer, 'tiny-gpt2')
     want, got = lens.state_dict(), loaded.state_dict()
     assert loaded.decoder.lm_copy is not None and set(got) == set(want) and any('lm_copy' in k for k in got)
