@@ -6,8 +6,8 @@ is measured by the greedy words' KL at p (read by the lens's encoder, patched at
   the mean A, words so far), among the words the decoder gives at least 1% of its top word's probability: words
   specific to this A rather than the filler every A gets (beta 0 is greedy).
 - train RULE STEPS K LR LENS [T]: one side of the lens trains, AdamW at a constant rate, 16 train activations a
-  step, and the greedy words are measured every 50 steps, where the lens is saved in out/austen/greedy_probe_RULE
-  for eval.py's --lens. The decoder alone (the encoder fixed), on the teacher-forced cross-entropy of a target or by the
+  step, and the greedy words are measured every 50 steps and at the last, where the lens is saved in
+  out/austen/greedy_probe_RULE for eval.py's --lens. The decoder alone (the encoder fixed), on the teacher-forced cross-entropy of a target or by the
   policy gradient:
     kl     expert iteration: per A, the lowest KL at p of its greedy words and K samples at temperature T (default 1;
            the KL reads the context, which training may use);
@@ -146,7 +146,7 @@ for step in range(1, steps + 1):
     lens.eval()
     if step % 10 == 0:
         print(f"step {step}: loss {loss.item():.3f} ({(time.time() - t0) / step:.1f} s/step)", flush=True)
-    if step % steps_per_eval == 0:  # the lens is saved at every eval, so a run stopped early keeps its last one
+    if step % steps_per_eval == 0 or step == steps:  # saved at every eval: a run stopped early keeps its last lens
         words, _, recon = explain_all(lens, acts, batch_size)
         report(f'step {step}', recon, words)
         save_lens_folder(lens, folder, model, train_config=checkpoint['config'])

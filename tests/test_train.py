@@ -132,16 +132,21 @@ def eval_lines(log):
 @pytest.mark.parametrize('sharding', ['ddp', 'fsdp'])
 def test_two_ranks_equal_one_rank_with_two_micro_steps_through_unfreezing(shards, two_rank_runs, sharding):
     """DDP, and FSDP with the copies sharded per block, train as 1 rank does with 2 accumulation steps (fp32:
-    parameters within 2e-5, measured 0 for DDP and 6e-8 for FSDP); the periodic eval, its shuffled
-    baseline included (sample i+1's explanation over the whole eval set, not within a rank's slice), gives
-    the same numbers on 1 and 2 ranks."""
+    parameters within 2e-5); the periodic eval, its shuffled baseline included (sample i+1's explanation over
+    the whole eval set, not within a rank's slice), gives the same numbers on 1 and 2 ranks. The keys' bias is
+    left out: softmax ignores a constant added to every score, so its exact gradient is zero and AdamW turns
+    what rounding leaves of it, which differs between any two orders of summation, into updates."""
     log = two_rank_runs[sharding]
     assert '(2 ranks x 1 accumulation x 2)' in log and 'iter 2: unfroze' in log
     assert 'max parameter difference across 2 ranks: 0' in log and re.search(r'peak RSS [\d,]+ MiB per rank', log)
     two_ranks, accumulated = final_params(shards, sharding), final_params(shards, 'accumulated')
     assert two_ranks.keys() == accumulated.keys()
     for key in two_ranks:
-        torch.testing.assert_close(two_ranks[key], accumulated[key], rtol=0, atol=2e-5)
+        got, want = two_ranks[key], accumulated[key]
+        if key.endswith('attn.c_attn.bias'):  # GPT-2's queries, keys and values: the keys' third left out
+            d = len(got) // 3
+            got, want = torch.cat([got[:d], got[2 * d:]]), torch.cat([want[:d], want[2 * d:]])
+        torch.testing.assert_close(got, want, rtol=0, atol=2e-5)
     evals, expected = eval_lines(log), eval_lines(two_rank_runs['accumulated'])
     assert len(evals) == 2 and evals[1][1] != evals[1][0]  # trained: the shuffled baseline is not the lens
     for got, want in zip(evals, expected):
