@@ -7,8 +7,8 @@ is measured by the greedy words' KL at p (read by the lens's encoder, patched at
   specific to this A rather than the filler every A gets (beta 0 is greedy).
 - train RULE STEPS K LR LENS [T]: one side of the lens trains, AdamW at a constant rate, 16 train activations a
   step, and the greedy words are measured every 50 steps and at the last, where the lens is saved in
-  out/austen/greedy_probe_RULE for eval.py's --lens. The decoder alone (the encoder fixed), on the teacher-forced cross-entropy of a target or by the
-  policy gradient:
+  out/austen/greedy_probe_RULE for eval.py's --lens. The decoder alone (the encoder fixed), on the teacher-forced
+  cross-entropy of a target or by the policy gradient:
     kl     expert iteration: per A, the lowest KL at p of its greedy words and K samples at temperature T (default 1;
            the KL reads the context, which training may use);
     pg     no target: the policy gradient of the KL at p over K samples per A (lens.policy_gradient, train.py's
