@@ -5,6 +5,8 @@ is measured by the greedy words' KL at p (read by the lens's encoder, patched at
 - contrastive BETAS: decoding, no training. Each word is the argmax of log p(w | A, words so far) - beta x log p(w |
   the mean A, words so far), among the words the decoder gives at least 1% of its top word's probability: words
   specific to this A rather than the filler every A gets (beta 0 is greedy).
+- beam WIDTHS: decoding, no training. The words of highest log-probability under the decoder, by a beam search of
+  each width (1 is greedy): whether writing the likeliest first word first is what leaves the words generic.
 - train RULE STEPS K LR LENS [T]: one side of the lens trains, AdamW at a constant rate, 16 train activations a
   step, and the greedy words are measured every 50 steps and at the last, where the lens is saved in
   out/austen/greedy_probe_RULE for eval.py's --lens. The decoder alone (the encoder fixed), on the teacher-forced
@@ -24,6 +26,7 @@ is measured by the greedy words' KL at p (read by the lens's encoder, patched at
            control's reading is not traded away (K unused); the control is measured beside the words.
 
     $ python docs/greedy_probe.py contrastive 0,0.25,0.5,1 lenses/austen_smollm2
+    $ python docs/greedy_probe.py beam 1,4,16 lenses/austen_smollm2
     $ python docs/greedy_probe.py train kl 150 8 1e-3 lenses/austen_smollm2
     $ python docs/greedy_probe.py train kl 150 8 3e-4 lenses/austen_smollm2 0.7
     $ python docs/greedy_probe.py train reader 150 1 1e-4 lenses/austen_smollm2
@@ -44,7 +47,7 @@ from lens import embed, explain_all, fve, kl_div, patched_kls, real_tokens, slot
 from model import load_model, next_token_logits, pick_dtype  # noqa: E402
 
 mode = sys.argv[1]
-lens_path = sys.argv[3 if mode == 'contrastive' else 6]
+lens_path = sys.argv[3 if mode in ('contrastive', 'beam') else 6]
 model, n, batch_size, steps_per_eval, train_batch = 'assets/smollm2-135m', 200, 50, 50, 16
 torch.manual_seed(1337)
 lm, tokenizer = load_model(model, 'cpu', False, pick_dtype('auto', 'cpu'))
@@ -79,6 +82,32 @@ def contrastive(a, beta):
         logits = lm_copy(inputs_embeds=step, past_key_values=cache, use_cache=True).logits[:, -1]
     return torch.stack(words, 1)
 
+
+@torch.no_grad()
+def beam(a, width):
+    """Words [B, T] for activations a [B, d]: the width likeliest word sequences kept at each word, in the order the
+    decoder writes them, the likeliest at the end returned in text order."""
+    B, lm_copy = len(a), decoder.lm
+    prefix, writes = decoder.prefix(a, lm_copy)
+    beams, scores = torch.zeros(B, 1, 0, dtype=torch.long), torch.zeros(B, 1)
+    for t in range(decoder.t_text):
+        n = beams.shape[1]
+        sequence = torch.cat([prefix.repeat_interleave(n, 0), embed(lm_copy, beams.flatten(0, 1)).to(prefix.dtype)], 1)
+        with slot_writes(lm_copy, decoder.slot, {k: v.repeat_interleave(n, 0) for k, v in writes.items()}):
+            logits = lm_copy(inputs_embeds=sequence, logits_to_keep=1).logits[:, -1]
+        total = (scores[..., None] + F.log_softmax(logits.float(), -1).view(B, n, -1)).flatten(1)
+        scores, index = total.topk(width, -1)
+        beams = torch.cat([beams.gather(1, (index // logits.shape[-1])[..., None].expand(-1, -1, t)),
+                           (index % logits.shape[-1])[..., None]], 2)
+    return decoder.in_text_order(beams[:, 0])
+
+
+if mode == 'beam':
+    for width in map(int, sys.argv[2].split(',')):
+        ids = torch.cat([beam(a, width) for a in acts.split(batch_size)])
+        recon = torch.cat([lens.encoder(i) for i in ids.split(batch_size)]).float()
+        report(f'width {width}', recon, [tokenizer.decode(row) for row in ids.tolist()])
+    sys.exit()
 
 if mode == 'contrastive':
     for beta in map(float, sys.argv[2].split(',')):
