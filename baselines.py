@@ -10,9 +10,8 @@ import functools
 import torch
 from transformers import DynamicCache
 
-from lens import explain_all, patched_kls, real_tokens, reconstruction_metrics
+from lens import explain_all, format_sample, patched_kls, real_tokens, reconstruction_metrics
 from model import block_output, full_precision_logits
-from report import format_sample
 
 
 def bare_reading(lm, layer, eot_id, ids):

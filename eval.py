@@ -47,9 +47,9 @@ from checkpoint import find_checkpoint, load_checkpoint, load_lens, read_log
 from configurator import configure, given_keys
 from dump import Shards, TokenWindows, read_tokens
 from baselines import baseline_patches, batched, by_length, model_continuation, real_text
-from lens import explain_all, patched_kls, reconstruction_metrics
+from lens import explain_all, format_sample, patched_kls, reconstruction_metrics, top_tokens
 from model import load_model, max_context, pick_dtype, read_activations
-from report import fmt, format_sample, sample_html, show_tops, text_report, top_pairs, top_tokens, val_report
+from report import fmt, sample_html, show_tops, text_report, top_pairs, val_report
 
 # -----------------------------------------------------------------------------
 # shared with dump.py and train.py

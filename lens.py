@@ -37,7 +37,6 @@ class LensConfig:
     encoder_layer: int = -1  # block K whose output at the last position the encoder reads; -1: the same block as layer
     t_text: int = 4  # explanation length in tokens
     decoder_prompt: str = '<|endoftext|><embed>'  # <embed> marks A's slot; last: the decoder continues from A
-    decoder_order: str = 'text'  # 'reversed': the decoder writes the last word first (the words stay in text order everywhere else)
     encoder_prompt: str = '<|endoftext|>Summary of the text:<text>'  # <text> marks where the words go
     encoder_init: str = 'identity'  # W_e at the start: 'identity' (Â = h) or 'zero' (Â = mean: iteration 0 is mean ablation)
     encoder_reads: str = 'last'  # 'last' position, or 'first_and_last': also the first word's, through a map starting as the identity
@@ -52,9 +51,6 @@ class LensConfig:
         if self.encoder_prompt.count('<text>') != 1:
             raise SystemExit(f"encoder_prompt {self.encoder_prompt!r} must contain '<text>' exactly once: "
                              f"it marks where the explanation goes, e.g. 'Summary of the text: <text>'")
-        if self.decoder_order not in ('text', 'reversed'):
-            raise SystemExit(f"decoder_order={self.decoder_order!r}: use 'text' (the first word written first) or "
-                             f"'reversed' (the last word written first)")
         if self.encoder_init not in ('identity', 'zero'):
             raise SystemExit(f"encoder_init={self.encoder_init!r}: use 'identity' (Â starts as h) "
                              f"or 'zero' (Â starts at the mean)")
@@ -152,7 +148,7 @@ class Decoder(WithLM):
     def __init__(self, cfg, lm, tokenizer, stats):
         super().__init__(lm)
         left, right = cfg.decoder_prompt.split('<embed>')
-        self.t_text, self.reversed = cfg.t_text, cfg.decoder_order == 'reversed'
+        self.t_text = cfg.t_text
         self.__dict__['stats'] = stats  # the Lens's buffers, not saved twice
         self.depth = cfg.layer + 1 if cfg.layer + 1 < len(blocks(lm)) else None
         self.prompt_left = prompt_parameter(lm, tokenizer, left)
@@ -176,7 +172,7 @@ class Decoder(WithLM):
     def forward(self, acts, tau=1.0, mode='gumbel'):
         """Write t_text tokens for each activation. mode: 'gumbel' (hard Gumbel-softmax, straight-through
         gradient: training), 'greedy' or 'sample' (inference). Returns (one_hot [B, T, V], logits [B, T, V],
-        ids [B, T]), each in text order; one_hot carries the gradient into the encoder."""
+        ids [B, T]); one_hot carries the gradient into the encoder."""
         lm = self.lm
         prefix, writes = self.prefix(acts, lm)
         cache = DynamicCache()
@@ -194,21 +190,16 @@ class Decoder(WithLM):
             if t < self.t_text - 1:
                 step = embed(lm, one_hot)[:, None]
                 logits = lm(inputs_embeds=step, past_key_values=cache, use_cache=True).logits[:, -1]
-        one_hot, logits = self.in_text_order(torch.stack(one_hots, 1)), self.in_text_order(torch.stack(all_logits, 1))
-        return one_hot, logits, one_hot.argmax(-1)
-
-    def in_text_order(self, words):
-        """Words [B, T, ...] in the order written turned into text order, and back: a reversed decoder writes
-        the token at p, which A holds, first, and its least certain word last, knowing the others."""
-        return words.flip(1) if self.reversed else words
+        one_hot = torch.stack(one_hots, 1)
+        return one_hot, torch.stack(all_logits, 1), one_hot.argmax(-1)
 
     def teacher_forced_logits(self, acts, targets):
-        """The decoder's logits [B, T, V] for writing `targets` [B, T] (ids) given A, in one forward, both in text order."""
-        lm, targets = self.lm, self.in_text_order(targets)
+        """The decoder's logits [B, T, V] for writing `targets` [B, T] (ids) given A, in one forward."""
+        lm = self.lm
         prefix, writes = self.prefix(acts, lm)
         with slot_writes(lm, self.slot, writes):
             sequence = torch.cat([prefix, embed(lm, targets[:, :-1].clamp(min=0))], 1)
-            return self.in_text_order(lm(inputs_embeds=sequence, logits_to_keep=targets.shape[1]).logits)
+            return lm(inputs_embeds=sequence, logits_to_keep=targets.shape[1]).logits
 
 
 @contextlib.contextmanager
@@ -443,3 +434,17 @@ class Lens(nn.Module):
         """Explanations of activations [B, d] as (list of strings, token ids [B, T], Â [B, d])."""
         one_hot, _, ids = self.decoder(acts, tau, mode)
         return [self.tokenizer.decode(row) for row in ids.tolist()], ids, self.encoder(ids)
+
+
+def top_tokens(tokenizer, logits, k=3):
+    probs, ids = F.softmax(logits.float(), -1).topk(k)
+    return [(tokenizer.decode([i]), p) for p, i in zip(probs.tolist(), ids.tolist())]
+
+
+def format_sample(tokenizer, tokens, p, explanation, logits_a, logits_recon, width=24):
+    """A sample as text: the context with the token at p in [[ ]], the explanation, and the top-3 next
+    tokens predicted with A and with Â patched in."""
+    context = tokenizer.decode(tokens[max(0, p - width):p].tolist()) + '[[' + tokenizer.decode([int(tokens[p])]) + ']]'
+    show = lambda logits: ' '.join(f'{t!r} {q:.2f}' for t, q in top_tokens(tokenizer, logits))
+    return (f"  context: {context!r}\n  explanation: {explanation!r}\n"
+            f"  next token with A: {show(logits_a)} | with Â: {show(logits_recon)}")

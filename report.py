@@ -2,8 +2,7 @@
 The HTML report eval.py writes beside a lens: one self-contained page (inline CSS, a few lines of JS, the
 plots as inline PNGs) that opens offline. report.html: the results table, the learning curve from
 log.jsonl, the per-sample KL distributions of the lens and every baseline, the KL at each offset after p,
-and samples; report_text.html: every token of a text coloured by its KL, its explanation on hover. A sample
-shown as text, in train.py's and eval.py's logs, is format_sample's.
+and samples; report_text.html: every token of a text coloured by its KL, its explanation on hover.
 """
 import base64
 import html
@@ -11,21 +10,7 @@ import io
 import os
 import re
 
-import torch.nn.functional as F
-
-
-def top_tokens(tokenizer, logits, k=3):
-    probs, ids = F.softmax(logits.float(), -1).topk(k)
-    return [(tokenizer.decode([i]), p) for p, i in zip(probs.tolist(), ids.tolist())]
-
-
-def format_sample(tokenizer, tokens, p, explanation, logits_a, logits_recon, width=24):
-    """A sample as text: the context with the token at p in [[ ]], the explanation, and the top-3 next
-    tokens predicted with A and with Â patched in."""
-    context = tokenizer.decode(tokens[max(0, p - width):p].tolist()) + '[[' + tokenizer.decode([int(tokens[p])]) + ']]'
-    show = lambda logits: ' '.join(f'{t!r} {q:.2f}' for t, q in top_tokens(tokenizer, logits))
-    return (f"  context: {context!r}\n  explanation: {explanation!r}\n"
-            f"  next token with A: {show(logits_a)} | with Â: {show(logits_recon)}")
+from lens import top_tokens
 
 
 def top_pairs(tokenizer, logits_a, logits_first):

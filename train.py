@@ -59,7 +59,6 @@ fsdp = False  # under torchrun: the unfrozen LM copies sharded over the ranks (F
 encoder_layer = -1  # block the encoder reads; -1: the same block as layer
 t_text = 4
 decoder_prompt = '<|endoftext|><embed>'  # <embed> last: the decoder continues the text from A
-decoder_order = 'text'  # or 'reversed': the decoder writes the token at p first and the words before it after
 encoder_prompt = '<|endoftext|>Summary of the text:<text>'
 encoder_init = 'identity'  # the encoder's map at the start: 'identity' (Â = h) or 'zero' (Â = the mean A)
 encoder_reads = 'last'  # or 'first_and_last': Â also reads the first word's hidden state (a map starting as the identity)

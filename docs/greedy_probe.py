@@ -85,8 +85,8 @@ def contrastive(a, beta):
 
 @torch.no_grad()
 def beam(a, width):
-    """Words [B, T] for activations a [B, d]: the width likeliest word sequences kept at each word, in the order the
-    decoder writes them, the likeliest at the end returned in text order."""
+    """Words [B, T] for activations a [B, d]: the width likeliest word sequences kept at each word, the likeliest
+    at the end returned."""
     B, lm_copy = len(a), decoder.lm
     prefix, writes = decoder.prefix(a, lm_copy)
     beams, scores = torch.zeros(B, 1, 0, dtype=torch.long), torch.zeros(B, 1)
@@ -99,7 +99,7 @@ def beam(a, width):
         scores, index = total.topk(width, -1)
         beams = torch.cat([beams.gather(1, (index // logits.shape[-1])[..., None].expand(-1, -1, t)),
                            (index % logits.shape[-1])[..., None]], 2)
-    return decoder.in_text_order(beams[:, 0])
+    return beams[:, 0]
 
 
 if mode == 'beam':

@@ -23,9 +23,6 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, terms=(), warm_target='previ
         one_hots.append(gumbel_hard(logits.float(), max(tau, TAU_FLOOR)))  # the same noise draws
         sequence = torch.cat([sequence, embed(dec.lm, one_hots[-1])[:, None]], 1)
     one_hot, dec_logits = torch.stack(one_hots, 1), torch.stack(dec_logits, 1)
-    written_last_first = lens.cfg.decoder_order == 'reversed'
-    if written_last_first:  # the written words [w_T, ..., w_1] are read, scored and taught in text order
-        one_hot, dec_logits = one_hot.flip(1), dec_logits.flip(1)
 
     captured = []
     handle = blocks(enc.lm)[enc.layer].register_forward_hook(lambda m, a, out: captured.append(block_tensor(out)))
@@ -60,11 +57,9 @@ def naive_forward(lens, acts, tokens, pos, tau=1.0, terms=(), warm_target='previ
         out['lm'] = fluency
     if 'warm' in terms:
         targets, complete = real_tokens(tokens, pos, T, warm_target)
-        written = targets.flip(1) if written_last_first else targets
         with slot_writes(dec.lm, dec.slot, writes):
-            sequence = torch.cat([prefix, embed(dec.lm, written[:, :-1].clamp(min=0))], 1)
+            sequence = torch.cat([prefix, embed(dec.lm, targets[:, :-1].clamp(min=0))], 1)
             logits = dec.lm(inputs_embeds=sequence).logits[:, -T:]
-        logits = logits.flip(1) if written_last_first else logits
         out['warm'] = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         with patched(lm, lens.cfg.layer, pos, enc(targets.clamp(min=0))):
             kl_real = kl_div(logits_a, window()[rows, pos])
