@@ -102,18 +102,12 @@ def beam(a, width):
     return beams[:, 0]
 
 
-if mode == 'beam':
-    for width in map(int, sys.argv[2].split(',')):
-        ids = torch.cat([beam(a, width) for a in acts.split(batch_size)])
+if mode in ('contrastive', 'beam'):
+    parse, decode, label = (float, contrastive, 'beta') if mode == 'contrastive' else (int, beam, 'width')
+    for value in map(parse, sys.argv[2].split(',')):
+        ids = torch.cat([decode(a, value) for a in acts.split(batch_size)])
         recon = torch.cat([lens.encoder(i) for i in ids.split(batch_size)]).float()
-        report(f'width {width}', recon, [tokenizer.decode(row) for row in ids.tolist()])
-    sys.exit()
-
-if mode == 'contrastive':
-    for beta in map(float, sys.argv[2].split(',')):
-        ids = torch.cat([contrastive(a, beta) for a in acts.split(batch_size)])
-        recon = torch.cat([lens.encoder(i) for i in ids.split(batch_size)]).float()
-        report(f'beta {beta:g}', recon, [tokenizer.decode(row) for row in ids.tolist()])
+        report(f'{label} {value:g}', recon, [tokenizer.decode(row) for row in ids.tolist()])
     sys.exit()
 
 rule, steps, K, lr = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])

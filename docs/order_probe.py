@@ -8,7 +8,7 @@ order, are read by a trained lens's encoder (fixed) and patched at p, beside tha
 (the control), on eval.py's 200 val samples.
 
     $ python docs/order_probe.py ORDER STEPS LR LENS      ORDER: text or reversed
-    $ python docs/order_probe.py reversed 300 1e-3 lenses/austen_smollm2
+    $ python docs/order_probe.py reversed 200 1e-3 lenses/austen_smollm2
 """
 import os
 import sys
